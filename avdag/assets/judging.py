@@ -1,0 +1,50 @@
+"""baseline_judge_scores and finetuned_judge_scores: one factory, the same judge and questions."""
+
+import dagster as dg
+import pandas as pd
+
+from avdag.automation.partitions import clip_batches
+from avdag.core.judge_batch import score_captions
+from avdag.core.scoring import summarize_scores
+from avdag.resources.captioner import CaptionerResource
+from avdag.resources.judge import JudgeResource
+
+
+def build_judge_scores_asset(source: str) -> dg.AssetsDefinition:
+    captions_key = f"{source}_captions"
+
+    @dg.asset(
+        name=f"{source}_judge_scores",
+        ins={"captions": dg.AssetIn(captions_key)},
+        partitions_def=clip_batches,
+        io_manager_key="parquet_io",
+        group_name="evaluation",
+        description=f"Judge scores (1-5) of the {source} captions of the eval clips, per question, with lineage.",
+    )
+    def _judge_scores(
+        context: dg.AssetExecutionContext,
+        raw_clips: pd.DataFrame,
+        clip_splits: pd.DataFrame,
+        captions: pd.DataFrame,
+        captioner: CaptionerResource,
+        judge: JudgeResource,
+    ) -> dg.Output[pd.DataFrame]:
+        prompts = captioner.prompts()
+        eval_ids = set(clip_splits.loc[clip_splits["split"] == "eval", "clip_id"])
+        eval_clips = raw_clips[raw_clips["clip_id"].isin(eval_ids)]
+        scorer = judge.build(prompts)
+        frame = score_captions(scorer, prompts, eval_clips, captions, log=context.log.info)
+        summary = summarize_scores(frame)
+        return dg.Output(frame, metadata={
+            "eval_clips": len(eval_clips),
+            "scores": int(frame["score"].notna().sum()),
+            "judge_id": dg.MetadataValue.text(scorer.judge_id),
+            "mean_score": float(pd.to_numeric(frame["score"]).mean()) if frame["score"].notna().any() else float("nan"),
+            "summary": dg.MetadataValue.md(summary.round(3).to_markdown(index=False) if len(summary) else "no eval clips"),
+        })
+
+    return _judge_scores
+
+
+baseline_judge_scores = build_judge_scores_asset("baseline")
+finetuned_judge_scores = build_judge_scores_asset("finetuned")

@@ -1,0 +1,115 @@
+"""`avdag demo | run | ui`: the command-line face of the same Dagster definitions the UI shows."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from avdag.core.paths import avdag_home, dagster_home
+
+DEMO_BATCH = "sample-0001"
+
+
+def _prepare_environment() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["DAGSTER_HOME"] = str(dagster_home())
+    dagster_home().mkdir(parents=True, exist_ok=True)
+    config = dagster_home() / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
+
+
+def run_batch(batch: str) -> int:
+    """Materialize every asset for `batch` into the persistent instance; print the results."""
+    _prepare_environment()
+    import dagster as dg
+
+    from avdag.automation.partitions import clip_batches
+    from avdag.definitions import defs
+
+    instance = dg.DagsterInstance.get()
+    if not instance.has_dynamic_partition(clip_batches.name, batch):
+        instance.add_dynamic_partitions(clip_batches.name, [batch])
+    started = time.perf_counter()
+    result = defs.resolve_job_def("batch_pipeline").execute_in_process(
+        partition_key=batch, instance=instance, raise_on_error=False
+    )
+    print(f"\nrun {result.run_id}: {'success' if result.success else 'FAILED'} in {time.perf_counter() - started:.0f}s")
+    _print_step_times(instance, result.run_id)
+    if not result.success:
+        return 1
+    _print_report()
+    return 0
+
+
+def _print_step_times(instance, run_id: str) -> None:
+    for stat in sorted(instance.get_run_step_stats(run_id), key=lambda s: s.start_time or 0):
+        took = (stat.end_time or 0) - (stat.start_time or 0)
+        print(f"  {stat.step_key:<40} {stat.status.value if stat.status else '?':<8} {took:7.1f}s")
+
+
+def _print_report() -> None:
+    report_path = avdag_home() / "reports" / "comparison.json"
+    report = json.loads(report_path.read_text())
+    print(f"\nJudge scores on {report['eval_clips']} eval clip(s), judge {', '.join(report['judge_ids'])}")
+    print(f"{'question':<34}{'baseline':>10}{'finetuned':>11}")
+    for row in report["table"]:
+        print(f"{row['field']:<34}{_num(row['baseline_mean_score_strict']):>10}{_num(row['finetuned_mean_score_strict']):>11}")
+    print(f"fine-tuned better on {report['questions_finetuned_better']}/{report['questions']} questions "
+          "(a missing answer counts as 1)")
+    for row in report["multiple_choice_accuracy"]["finetuned"]:
+        if row["field"] in ("weather", "lighting"):
+            print(f"fine-tuned exact accuracy on {row['field']}: {_num(row['accuracy'])} "
+                  f"(majority-class rate {_num(row['majority_rate'])}, n={row['n']})")
+    print(f"\nchart: {avdag_home() / 'reports' / 'comparison.png'}")
+    print(f"table: {report_path}")
+
+
+def _num(value) -> str:
+    return "n/a" if value is None or value != value else f"{value:.2f}"
+
+
+def demo(n_synthetic: int) -> int:
+    """Generate the sample batch in the landing zone and run the whole pipeline for it."""
+    from avdag.core.paths import default_landing_url
+    from avdag.sample_batch import write_sample_batch
+
+    landing = Path(os.environ.get("AVDAG_LANDING_URL", default_landing_url()))
+    started = time.perf_counter()
+    ids = write_sample_batch(landing, DEMO_BATCH, n_synthetic)
+    print(f"sample batch {DEMO_BATCH}: {len(ids)} clips in {landing / DEMO_BATCH} ({time.perf_counter() - started:.0f}s)")
+    return run_batch(DEMO_BATCH)
+
+
+def ui(port: int) -> int:
+    """Open the Dagster UI on the same instance the demo wrote to."""
+    _prepare_environment()
+    workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
+    return subprocess.call([sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-p", str(port)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="avdag", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_demo = sub.add_parser("demo", help="generate the sample batch and run every asset for it")
+    p_demo.add_argument("--clips", type=int, default=int(os.environ.get("AVDAG_DEMO_CLIPS", "40")),
+                        help="synthetic clips besides the real one")
+    p_run = sub.add_parser("run", help="run every asset for a batch already in the landing zone")
+    p_run.add_argument("batch")
+    p_ui = sub.add_parser("ui", help="start the Dagster UI on $AVDAG_HOME")
+    p_ui.add_argument("--port", type=int, default=3000)
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        return demo(args.clips)
+    if args.command == "run":
+        return run_batch(args.batch)
+    return ui(args.port)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,453 @@
+"""Video probing and recipe-exact frame sampling, decoded with PyAV.
+
+The captioning recipe feeds Qwen2.5-VL-architecture models (e.g. Cosmos-Reason1-7B) frames chosen
+by ``qwen_vl_utils.fetch_video`` (qwen-vl-utils 0.0.14). A model fine-tuned on those frames should be
+prompted with the very same frames, so ``sample_frames`` re-implements that recipe step by step:
+
+1. ``smart_nframes``: ``duration * fps`` frames, clamped to ``[min_frames, max_frames]`` and the
+   stream length, floored to a multiple of ``FRAME_FACTOR`` (2).
+2. indices ``torch.linspace(0, total_frames - 1, nframes).round()``.
+3. ``smart_resize`` to multiples of ``IMAGE_FACTOR`` (28) inside ``[min_pixels, max_pixels]``, where
+   ``min_pixels`` defaults to ``VIDEO_MIN_PIXELS`` and ``max_pixels`` is further capped by the
+   per-frame and total-pixel budgets, as qwen-vl-utils does.
+4. torchvision bicubic antialiased resize of the uint8 frames, then ``float()``.
+
+Unlike the recipe's readers it decodes sequentially and keeps only the wanted frames (converted to
+RGB and resized as soon as they are decoded), so memory is bounded by the sampled frames, not by the
+clip length.
+
+Differences from qwen-vl-utils' torchcodec reader (the one it picks when torchcodec is installed):
+
+* Total frames: torchcodec (seek_mode="exact") scans every packet and uses that count; we use the
+  container's ``stream.frames`` (for MP4, the sample-table count, which is the same number for every
+  well-formed file) and only count demuxed packets when the header lacks it. Its torchvision fallback
+  instead counts *decoded* frames.
+* Frame rate: torchcodec's exact mode computes ``frames / (last_pts_end - first_pts)``; we use the
+  stream's average rate (FFmpeg's ``avg_frame_rate``). Identical for constant-frame-rate clips such
+  as dashcam recordings; they can differ slightly for variable-frame-rate files.
+* If the header over-states the frame count (e.g. a recording cut off mid-write), torchcodec fails and
+  qwen-vl-utils falls back to torchvision (which counts decoded frames); we re-plan once with the
+  decoded count, which gives the same frame choice as that fallback.
+* Rotation side data is ignored by both.
+
+Decoded RGB pixels are bit-identical to torchcodec's on the sample clip (both use FFmpeg's swscale).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as tv_functional
+
+__all__ = [
+    "FRAME_FACTOR",
+    "IMAGE_FACTOR",
+    "RECIPE_FPS",
+    "RECIPE_MAX_PIXELS",
+    "VIDEO_MAX_PIXELS",
+    "VIDEO_MIN_PIXELS",
+    "VIDEO_TOTAL_PIXELS",
+    "SampledVideo",
+    "VideoError",
+    "VideoProbe",
+    "file_sha256",
+    "frame_indices",
+    "probe_video",
+    "sample_frames",
+    "smart_nframes",
+    "smart_resize",
+]
+
+# --- Recipe constants (qwen-vl-utils 0.0.14, Qwen2.5-VL patch 14 x spatial merge 2) ---------------
+IMAGE_FACTOR = 28
+FRAME_FACTOR = 2
+RECIPE_FPS = 2.0
+# The recipe passes RECIPE_MAX_PIXELS + 1 to absorb float error; both give the same resize.
+RECIPE_MAX_PIXELS = 16 * 9 * IMAGE_FACTOR * IMAGE_FACTOR
+VIDEO_MIN_PIXELS = 128 * IMAGE_FACTOR * IMAGE_FACTOR
+VIDEO_MAX_PIXELS = 768 * IMAGE_FACTOR * IMAGE_FACTOR
+# qwen-vl-utils' default total budget: MODEL_SEQ_LEN (128000 unless its env var says otherwise) tokens.
+VIDEO_TOTAL_PIXELS = 128000 * IMAGE_FACTOR * IMAGE_FACTOR * 0.9
+MAX_ASPECT_RATIO = 200
+DEFAULT_MIN_FRAMES = 4
+DEFAULT_MAX_FRAMES = 768
+
+_HASH_CHUNK_BYTES = 1024 * 1024
+
+
+class VideoError(Exception):
+    """A file that cannot serve as a video input, with a human-readable reason."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass(frozen=True)
+class VideoProbe:
+    duration_s: float
+    fps: float
+    width: int
+    height: int
+    codec: str
+    num_frames: int
+    size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class SampledVideo:
+    frames: torch.Tensor  # float32, T x 3 x H x W, values 0..255
+    sample_fps: float  # fps the sampled frames represent, as qwen-vl-utils' video_kwargs["fps"]
+    frame_indices: list[int]  # source frame indices taken, in order
+
+
+# --- Hashing --------------------------------------------------------------------------------------
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file, streamed so multi-GB recordings never sit in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- Recipe arithmetic (pure functions, mirrored from qwen-vl-utils) ------------------------------
+
+
+def _round_by_factor(number: float, factor: int) -> int:
+    return round(number / factor) * factor
+
+
+def _ceil_by_factor(number: float, factor: int) -> int:
+    return math.ceil(number / factor) * factor
+
+
+def _floor_by_factor(number: float, factor: int) -> int:
+    return math.floor(number / factor) * factor
+
+
+def smart_nframes(
+    total_frames: int,
+    video_fps: float,
+    *,
+    fps: float = RECIPE_FPS,
+    min_frames: int = DEFAULT_MIN_FRAMES,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+) -> int:
+    """How many frames the recipe feeds the model: ``fps`` per second, clamped, even."""
+    min_frames = _ceil_by_factor(min_frames, FRAME_FACTOR)
+    max_frames = _floor_by_factor(min(max_frames, total_frames), FRAME_FACTOR)
+    wanted = total_frames / video_fps * fps
+    nframes = _floor_by_factor(min(max(wanted, min_frames), max_frames, total_frames), FRAME_FACTOR)
+    if not FRAME_FACTOR <= nframes <= total_frames:
+        raise ValueError(f"nframes should be in [{FRAME_FACTOR}, {total_frames}], got {nframes}")
+    return nframes
+
+
+def frame_indices(total_frames: int, nframes: int) -> list[int]:
+    """Evenly spaced source indices; float32 linspace + round-half-even, exactly as the recipe."""
+    return torch.linspace(0, total_frames - 1, nframes).round().long().tolist()
+
+
+def smart_resize(
+    height: int, width: int, *, min_pixels: int, max_pixels: float, factor: int = IMAGE_FACTOR
+) -> tuple[int, int]:
+    """Target (height, width): multiples of ``factor``, area within bounds, aspect ratio kept."""
+    if max_pixels < min_pixels:
+        raise ValueError(f"max_pixels ({max_pixels}) must be >= min_pixels ({min_pixels})")
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise ValueError(f"aspect ratio must be below {MAX_ASPECT_RATIO}, got {width}x{height}")
+    h_bar = max(factor, _round_by_factor(height, factor))
+    w_bar = max(factor, _round_by_factor(width, factor))
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = _floor_by_factor(height / beta, factor)
+        w_bar = _floor_by_factor(width / beta, factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = _ceil_by_factor(height * beta, factor)
+        w_bar = _ceil_by_factor(width * beta, factor)
+    return h_bar, w_bar
+
+
+def _effective_max_pixels(max_pixels: float, min_pixels: int, nframes: int) -> float:
+    """The element's max_pixels, capped by the per-frame and whole-video budgets of fetch_video."""
+    budget = max(
+        min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / nframes * FRAME_FACTOR), int(min_pixels * 1.05)
+    )
+    return min(max_pixels, budget)
+
+
+# --- Opening and metadata -------------------------------------------------------------------------
+
+
+def _check_file(path: Path) -> int:
+    """Size in bytes, after rejecting what FFmpeg would give cryptic errors for."""
+    if not path.exists():
+        raise VideoError(path, "file not found")
+    if not path.is_file():
+        raise VideoError(path, "not a regular file")
+    size = path.stat().st_size
+    if size == 0:
+        raise VideoError(path, "zero-byte file")
+    return size
+
+
+@contextmanager
+def _open_video_stream(path: Path) -> Iterator[tuple[av.container.InputContainer, av.VideoStream]]:
+    """Open the container and its first video stream, turning FFmpeg errors into VideoError."""
+    _check_file(path)
+    try:
+        container = av.open(str(path), mode="r")
+    except av.FFmpegError as error:
+        raise _decode_failure(path, error) from error
+    try:
+        if not container.streams.video:
+            kinds = sorted({stream.type for stream in container.streams}) or ["none"]
+            raise VideoError(path, f"no video stream (streams: {', '.join(kinds)})")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        yield container, stream
+    finally:
+        container.close()
+
+
+def _ffmpeg_message(error: av.FFmpegError) -> str:
+    return getattr(error, "strerror", None) or str(error)
+
+
+_FIRST_BOX_TYPES = frozenset({"ftyp", "styp", "moov", "mdat", "wide", "free", "skip"})
+_BOX_TYPE = re.compile(r"[A-Za-z0-9 \xa9]{4}")
+
+
+def _truncated_box(path: Path) -> str | None:
+    """Describe the first top-level MP4/MOV box that runs past end of file, if any.
+
+    FFmpeg only says "Invalid data" for a cut-off recording; the box walk names the real problem.
+    """
+    file_size = path.stat().st_size
+    offset = 0
+    with open(path, "rb") as handle:
+        while offset + 8 <= file_size:
+            handle.seek(offset)
+            header = handle.read(16)
+            box_size = int.from_bytes(header[:4], "big")
+            box_type = header[4:8].decode("latin-1")
+            if not _BOX_TYPE.fullmatch(box_type) or (offset == 0 and box_type not in _FIRST_BOX_TYPES):
+                return None  # not an ISO-BMFF file
+            if box_size == 1 and len(header) == 16:
+                box_size = int.from_bytes(header[8:16], "big")
+            if box_size == 0 or box_size < 8:
+                return None  # 0 means "to end of file"; < 8 is malformed, not truncated
+            if offset + box_size > file_size:
+                return f"'{box_type}' box needs {box_size} bytes at offset {offset}, file has {file_size}"
+            offset += box_size
+    return None
+
+
+def _looks_like_text(path: Path) -> bool:
+    """Whether the file starts with UTF-8 text (a JSON/CSV/log saved with a video extension)."""
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as error:  # a multi-byte character cut at the 4 KiB boundary is fine
+        return error.start >= len(head) - 3
+    return True
+
+
+def _decode_failure(path: Path, error: av.FFmpegError, what: str = "cannot decode") -> VideoError:
+    """VideoError for an FFmpeg failure, saying "truncated" when the container is cut short."""
+    message = _ffmpeg_message(error)
+    truncation = _truncated_box(path)
+    if truncation:
+        return VideoError(path, f"truncated: {truncation} ({what}: {message})")
+    if _looks_like_text(path):
+        return VideoError(path, f"not a video, looks like a text file ({what}: {message})")
+    return VideoError(path, f"{what}: {message}")
+
+
+def _stream_fps(path: Path, stream: av.VideoStream) -> float:
+    """Average frame rate from the stream header (FFmpeg's avg_frame_rate, else its guess)."""
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not rate or float(rate) <= 0:
+        raise VideoError(path, "unknown frame rate")
+    return float(rate)
+
+
+def _stream_duration_s(container: av.container.InputContainer, stream: av.VideoStream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def _count_packets(path: Path) -> int:
+    """Frame count by demuxing (no decoding), for containers whose header lacks it."""
+    with _open_video_stream(path) as (container, stream):
+        return sum(1 for packet in container.demux(stream) if packet.size > 0)
+
+
+def _total_frames(path: Path, stream: av.VideoStream) -> int:
+    return stream.frames if stream.frames > 0 else _count_packets(path)
+
+
+# --- Probing --------------------------------------------------------------------------------------
+
+
+def _decode_first_frame(path: Path, container: av.container.InputContainer, stream: av.VideoStream) -> av.VideoFrame:
+    try:
+        for frame in container.decode(stream):
+            return frame
+    except av.FFmpegError as error:
+        raise _decode_failure(path, error) from error
+    raise VideoError(path, "truncated: decoded 0 frames")
+
+
+def probe_video(path: str | os.PathLike[str]) -> VideoProbe:
+    """Cheap metadata check that also proves the first frame decodes; raises VideoError."""
+    path = Path(path)
+    size_bytes = _check_file(path)
+    with _open_video_stream(path) as (container, stream):
+        first_frame = _decode_first_frame(path, container, stream)
+        fps = _stream_fps(path, stream)
+        duration_s = _stream_duration_s(container, stream)
+        if stream.frames > 0:
+            num_frames = stream.frames
+        elif duration_s is not None:
+            num_frames = max(1, round(duration_s * fps))
+        else:
+            raise VideoError(path, "unknown duration and frame count")
+        if duration_s is None:
+            duration_s = num_frames / fps
+        codec = stream.codec_context.name
+    return VideoProbe(
+        duration_s=duration_s,
+        fps=fps,
+        width=first_frame.width,
+        height=first_frame.height,
+        codec=codec,
+        num_frames=num_frames,
+        size_bytes=size_bytes,
+        sha256=file_sha256(path),
+    )
+
+
+# --- Sampling -------------------------------------------------------------------------------------
+
+
+def _frame_to_rgb(frame: av.VideoFrame) -> torch.Tensor:
+    """One decoded frame as uint8 3 x H x W RGB (swscale, as torchcodec does)."""
+    return torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+
+
+def _resize_frame(rgb: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The recipe's resize on uint8 input (torchvision rounds and clamps back to uint8)."""
+    return tv_functional.resize(
+        rgb.unsqueeze(0), list(size), interpolation=InterpolationMode.BICUBIC, antialias=True
+    ).squeeze(0)
+
+
+@dataclass(frozen=True)
+class _ResizeRule:
+    min_pixels: int
+    max_pixels: float
+
+    def target(self, height: int, width: int) -> tuple[int, int]:
+        return smart_resize(height, width, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+
+
+def _resize_target(path: Path, resize: _ResizeRule, frame: av.VideoFrame) -> tuple[int, int]:
+    try:
+        return resize.target(frame.height, frame.width)
+    except ValueError as error:  # e.g. a 1-pixel-high or > 200:1 frame
+        raise VideoError(path, f"unsupported frame size {frame.width}x{frame.height}: {error}") from error
+
+
+def _decode_wanted(
+    path: Path, wanted: list[int], resize: _ResizeRule
+) -> tuple[list[torch.Tensor], int]:
+    """Decode sequentially, keeping only ``wanted`` indices; returns (kept frames, frames decoded)."""
+    kept: list[torch.Tensor] = []
+    position = 0  # next slot of `wanted` to fill (sorted, may repeat)
+    decoded = 0
+    size: tuple[int, int] | None = None
+    with _open_video_stream(path) as (container, stream):
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                decoded = index + 1
+                if wanted[position] != index:
+                    continue
+                size = size or _resize_target(path, resize, frame)
+                resized = _resize_frame(_frame_to_rgb(frame), size)
+                while position < len(wanted) and wanted[position] == index:
+                    kept.append(resized)
+                    position += 1
+                if position == len(wanted):
+                    break
+        except av.FFmpegError as error:
+            raise _decode_failure(path, error, f"cannot decode frame {decoded}") from error
+    return kept, decoded
+
+
+def _sample_plan(total_frames: int, video_fps: float, fps: float, min_frames: int, max_frames: int) -> list[int]:
+    nframes = smart_nframes(total_frames, video_fps, fps=fps, min_frames=min_frames, max_frames=max_frames)
+    return frame_indices(total_frames, nframes)
+
+
+def sample_frames(
+    path: str | os.PathLike[str],
+    *,
+    fps: float = RECIPE_FPS,
+    max_pixels: int = RECIPE_MAX_PIXELS,
+    min_pixels: int | None = None,
+    min_frames: int = DEFAULT_MIN_FRAMES,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+) -> SampledVideo:
+    """The frames qwen-vl-utils' ``fetch_video`` gives for ``{"video": path, "fps": ..., ...}``.
+
+    Only the sampled frames are converted to RGB and kept, so memory does not grow with clip length.
+    If fewer frames decode than the header promises (a cut-off recording), the plan is redone once on
+    the decoded count. Raises VideoError for unusable files, ValueError for inconsistent arguments.
+    """
+    path = Path(path)
+    min_px = VIDEO_MIN_PIXELS if min_pixels is None else min_pixels
+    if max_pixels < min_px:
+        raise ValueError(f"max_pixels ({max_pixels}) must be >= min_pixels ({min_px})")
+    with _open_video_stream(path) as (_, stream):
+        video_fps = _stream_fps(path, stream)
+        total_frames = _total_frames(path, stream)
+    for _attempt in range(2):
+        if total_frames < FRAME_FACTOR:
+            raise VideoError(path, f"too short: {total_frames} frame(s), need at least {FRAME_FACTOR}")
+        wanted = _sample_plan(total_frames, video_fps, fps, min_frames, max_frames)
+        resize = _ResizeRule(min_px, _effective_max_pixels(max_pixels, min_px, len(wanted)))
+        kept, decoded = _decode_wanted(path, wanted, resize)
+        if decoded == 0:
+            raise VideoError(path, "truncated: decoded 0 frames")
+        if len(kept) == len(wanted):
+            return SampledVideo(
+                frames=torch.stack(kept).float(),
+                sample_fps=len(wanted) / total_frames * video_fps,
+                frame_indices=wanted,
+            )
+        # Header over-stated the length (cut-off recording): re-plan on what actually decodes.
+        total_frames = decoded
+    raise VideoError(path, f"truncated: frame count unstable ({total_frames} decoded)")

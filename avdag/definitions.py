@@ -1,0 +1,61 @@
+"""The one Definitions object: assets, resources, jobs, sensor, schedule and checks.
+
+Resources are chosen here, once, from the environment: OPENAI_API_KEY switches the judge to
+the OpenAI-compatible one, AVDAG_MODEL the captioning model, AVDAG_LANDING_URL the landing
+zone. Assets never branch on that.
+"""
+
+import os
+
+import dagster as dg
+
+from avdag.assets import captions, ingest, judging, reports, splits, training
+from avdag.automation.checks import baseline_captions_check, finetuned_captions_check
+from avdag.automation.jobs import batch_pipeline_job
+from avdag.automation.schedules import nightly_reprocess
+from avdag.automation.sensors import landing_zone_sensor
+from avdag.resources.captioner import EMBEDDED_MODEL, CaptionerResource
+from avdag.resources.io_managers import JsonIOManager, ParquetIOManager
+from avdag.resources.judge import OfflineJudgeResource, OpenAIJudgeResource
+from avdag.resources.storage import ArtifactStoreResource, LandingZoneResource
+from avdag.resources.trainer import EmbeddedTrainerResource
+
+
+def _judge():
+    if os.environ.get("OPENAI_API_KEY"):
+        return OpenAIJudgeResource(
+            api_key=dg.EnvVar("OPENAI_API_KEY"),
+            model=os.environ.get("AVDAG_JUDGE_MODEL", "gpt-5"),
+            base_url=os.environ.get("OPENAI_BASE_URL"),
+        )
+    return OfflineJudgeResource()
+
+
+def build_resources() -> dict:
+    return {
+        "landing_zone": LandingZoneResource(
+            url=os.environ.get("AVDAG_LANDING_URL"),
+            s3_endpoint_url=os.environ.get("AVDAG_S3_ENDPOINT_URL"),
+        ),
+        "artifacts": ArtifactStoreResource(),
+        "captioner": CaptionerResource(
+            model=os.environ.get("AVDAG_MODEL", EMBEDDED_MODEL),
+            max_new_tokens=int(os.environ.get("AVDAG_MAX_NEW_TOKENS", "1024")),
+        ),
+        "trainer": EmbeddedTrainerResource(
+            steps=int(os.environ.get("AVDAG_SFT_STEPS", "160")),
+        ),
+        "judge": _judge(),
+        "parquet_io": ParquetIOManager(),
+        "json_io": JsonIOManager(),
+    }
+
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([ingest, splits, captions, training, judging, reports]),
+    asset_checks=[baseline_captions_check, finetuned_captions_check],
+    jobs=[batch_pipeline_job],
+    sensors=[landing_zone_sensor],
+    schedules=[nightly_reprocess],
+    resources=build_resources(),
+)

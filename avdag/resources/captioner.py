@@ -1,0 +1,68 @@
+"""The captioning model: the embedded tiny model by default, Cosmos-Reason1-7B one setting away."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from avdag.core.captioning import GenerationSettings, VlmCaptioner
+from avdag.core.labels import CATEGORICAL_FIELDS, METAACTIONS
+from avdag.core.paths import avdag_home
+from avdag.core.prompts import load_prompt_set
+from avdag.core.tiny_model import TinyModelSpec, build_tiny_model
+
+EMBEDDED_MODEL = "embedded:tiny-qwen2.5-vl"
+COSMOS_REASON1 = "nvidia/Cosmos-Reason1-7B"
+
+
+class CaptionerResource(dg.ConfigurableResource):
+    """Which base model answers the rubric, on which device, with which generation settings."""
+
+    model: str = Field(
+        default=EMBEDDED_MODEL,
+        description=f"'{EMBEDDED_MODEL}' (built locally), '{COSMOS_REASON1}', or a checkpoint folder.",
+    )
+    device: str = Field(default="auto", description="'auto' picks cuda when present, else cpu.")
+    max_new_tokens: int = Field(default=1024, description="Upper bound; generation stops at the end of the JSON.")
+    temperature: float = Field(default=0.0, description="0 = greedy. The recipe samples at 0.1.")
+    top_p: float = 0.9
+    repetition_penalty: float = 1.0
+    prompts_dir: str | None = Field(default=None, description="Prompt folder; default the project's prompts/.")
+
+    def prompts(self):
+        return load_prompt_set(self.prompts_dir)
+
+    def settings(self) -> GenerationSettings:
+        return GenerationSettings(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty,
+        )
+
+    def base_model_path(self) -> str:
+        """The base model as `from_pretrained` takes it, building the embedded one on first use."""
+        if self.model != EMBEDDED_MODEL:
+            return self.model
+        target = avdag_home() / "models" / "tiny-qwen2.5-vl"
+        if not (target / "config.json").exists():
+            build_tiny_model(target, tokenizer_corpus(self.prompts()))
+        return str(target)
+
+    def captioner(self, model_path: str) -> VlmCaptioner:
+        return VlmCaptioner(model_path, device=self.device, settings=self.settings())
+
+
+def tokenizer_corpus(prompts) -> list[str]:
+    """Text the tiny tokenizer learns from: the rubric, its answer vocabulary and label-shaped JSON."""
+    from avdag.core.synthetic import label_for_scene, random_scene
+    import random
+
+    rng = random.Random(1234)
+    labels = [json.dumps(label_for_scene(random_scene(rng), rng), indent=2) for _ in range(200)]
+    vocab = [v for choices in CATEGORICAL_FIELDS.values() for v in choices] + list(METAACTIONS)
+    real = (Path(__file__).resolve().parents[1] / "sample_data" / "real" / "solidWhiteRight.label.json").read_text()
+    return [prompts.system_prompt, prompts.user_prompt, real, "\n".join(vocab)] * 4 + labels

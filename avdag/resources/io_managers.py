@@ -1,0 +1,80 @@
+"""IO managers that store asset values in open formats: Parquet for tables, JSON for records.
+
+Dagster's default IO manager pickles; these write files a person or another tool can read,
+one per asset partition, atomically (temp file, then rename).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from upath import UPath
+
+from avdag.core.atomic import atomic_path
+from avdag.core.paths import avdag_home
+
+
+# Input metadata for an unpartitioned asset reading every partition of a partitioned one:
+# always a {partition: value} dict (Dagster returns a bare value when only one partition exists),
+# and partitions not yet materialized are skipped rather than failing the run.
+ALL_PARTITIONS = {"allow_missing_partitions": True, "partitions_as_dict": True}
+
+
+class _AtomicUPathIOManager(dg.UPathIOManager):
+    def load_input(self, context: dg.InputContext) -> Any:
+        value = super().load_input(context)
+        if context.definition_metadata.get("partitions_as_dict") and context.has_asset_partitions:
+            keys = context.asset_partition_keys
+            if len(keys) == 1:
+                return {keys[0]: value}
+        return value
+
+    def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
+        with atomic_path(str(path)) as tmp:
+            self._write(obj, tmp)
+
+    def _write(self, obj: Any, tmp) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class _ParquetUPathIOManager(_AtomicUPathIOManager):
+    extension = ".parquet"
+
+    def _write(self, obj: pd.DataFrame, tmp) -> None:
+        if not isinstance(obj, pd.DataFrame):
+            raise TypeError(f"parquet_io stores DataFrames, got {type(obj).__name__}")
+        obj.to_parquet(tmp, index=False)
+
+    def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:
+        return pd.read_parquet(str(path))
+
+
+class _JsonUPathIOManager(_AtomicUPathIOManager):
+    extension = ".json"
+
+    def _write(self, obj: Any, tmp) -> None:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+
+    def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
+        return json.loads(path.read_text(encoding="utf-8"))
+
+
+class ParquetIOManager(dg.ConfigurableIOManagerFactory):
+    """Tables as `<base_dir>/<asset>/<partition>.parquet`."""
+
+    base_dir: str | None = None
+
+    def create_io_manager(self, context) -> _ParquetUPathIOManager:
+        return _ParquetUPathIOManager(base_path=UPath(self.base_dir or avdag_home() / "assets"))
+
+
+class JsonIOManager(dg.ConfigurableIOManagerFactory):
+    """Records as `<base_dir>/<asset>/<partition>.json`."""
+
+    base_dir: str | None = None
+
+    def create_io_manager(self, context) -> _JsonUPathIOManager:
+        return _JsonUPathIOManager(base_path=UPath(self.base_dir or avdag_home() / "assets"))

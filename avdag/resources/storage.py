@@ -1,0 +1,37 @@
+"""Where footage lands and where avdag keeps what it makes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from avdag.core.landing import LandingZone
+from avdag.core.paths import avdag_home, default_landing_url
+
+
+class LandingZoneResource(dg.ConfigurableResource):
+    """The upload area: a local folder or `s3://bucket/prefix` (s3fs), same code for both."""
+
+    url: str | None = Field(default=None, description="Local path or s3:// URL; default $AVDAG_HOME/landing.")
+    s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, moto, ...).")
+
+    def zone(self) -> LandingZone:
+        url = self.url or default_landing_url()
+        options = {}
+        if url.startswith("s3://") and self.s3_endpoint_url:
+            options["client_kwargs"] = {"endpoint_url": self.s3_endpoint_url}
+        return LandingZone(url, options)
+
+
+class ArtifactStoreResource(dg.ConfigurableResource):
+    """avdag's own folder ($AVDAG_HOME): model builds, caption caches, checkpoints, reports."""
+
+    root: str | None = Field(default=None, description="Default $AVDAG_HOME (or .avdag).")
+
+    def path(self, *parts: str) -> Path:
+        base = Path(self.root).resolve() if self.root else avdag_home()
+        target = base.joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target

@@ -1,0 +1,28 @@
+"""The demo's sample batch: synthetic dashcam clips plus the real clip shipped with avdag."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from avdag.core.atomic import atomic_path
+from avdag.core.landing import LABEL_SUFFIX, VIDEO_SUFFIX
+from avdag.core.synthetic import generate_sample_batch
+
+REAL_CLIP_DIR = Path(__file__).resolve().parent / "sample_data" / "real"
+REAL_CLIP_ID = "solidWhiteRight"
+
+
+def write_sample_batch(landing_root: Path, batch: str, n_synthetic: int, seed: int = 0) -> list[str]:
+    """Write `n_synthetic` synthetic clips and the real clip into `<landing_root>/<batch>/`."""
+    ids = generate_sample_batch(landing_root, batch, n_synthetic, seed=seed)
+    copy_real_clip(landing_root / batch)
+    return ids + [REAL_CLIP_ID]
+
+
+def copy_real_clip(batch_dir: Path) -> None:
+    for sub, suffix in (("videos", VIDEO_SUFFIX), ("metas", LABEL_SUFFIX)):
+        target = batch_dir / sub / f"{REAL_CLIP_ID}{suffix}"
+        if not target.exists():
+            with atomic_path(target) as tmp:
+                shutil.copyfile(REAL_CLIP_DIR / f"{REAL_CLIP_ID}{suffix}", tmp)

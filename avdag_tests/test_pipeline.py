@@ -1,0 +1,188 @@
+"""End to end: materialize every real asset for a small batch (synthetic clips, the real clip,
+a broken video and a malformed label) into a Dagster instance, then check what landed."""
+
+import json
+import shutil
+
+import dagster as dg
+import pandas as pd
+import pytest
+from safetensors import safe_open
+
+from avdag.automation.checks import baseline_captions_check, finetuned_captions_check
+from avdag.automation.partitions import clip_batches
+from avdag.core.splits import split_for
+from avdag.definitions import build_resources, defs
+from avdag.resources.captioner import CaptionerResource
+from avdag.resources.judge import OpenAIJudgeResource
+from avdag.resources.storage import LandingZoneResource
+from avdag.resources.trainer import EmbeddedTrainerResource
+from avdag.sample_batch import REAL_CLIP_ID, write_sample_batch
+from avdag_tests.openai_stub_server import OpenAIStubServer
+
+BATCH = "batch-e2e"
+EVAL_FRACTION = 0.5
+ALL_ASSETS = list(defs.assets) + [baseline_captions_check, finetuned_captions_check]
+
+
+def _resources(landing, **overrides):
+    resources = build_resources()
+    resources.update(
+        landing_zone=LandingZoneResource(url=str(landing)),
+        captioner=CaptionerResource(max_new_tokens=48),
+        trainer=EmbeddedTrainerResource(steps=3, batch_size=1, warmup_steps=1),
+    )
+    resources.update(overrides)
+    return resources
+
+
+def _run_config():
+    return {"ops": {"clip_splits": {"config": {"eval_fraction": EVAL_FRACTION}}}}
+
+
+@pytest.fixture(scope="module")
+def landing(tmp_path_factory):
+    root = tmp_path_factory.mktemp("landing")
+    ids = write_sample_batch(root, BATCH, n_synthetic=5, seed=0)
+    batch_dir = root / BATCH
+    (batch_dir / "videos" / "broken.camera_front_wide_120fov.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
+    shutil.copy(batch_dir / "videos" / f"{ids[0]}.camera_front_wide_120fov.mp4", batch_dir / "videos" / "badlabel.camera_front_wide_120fov.mp4")
+    (batch_dir / "metas" / "badlabel.label.json").write_text('{"weather": "Sunny-ish", ')
+    return root, ids
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(landing, tiny_model_path):
+    root, ids = landing
+    instance = dg.DagsterInstance.get()
+    instance.add_dynamic_partitions(clip_batches.name, [BATCH])
+    result = dg.materialize(ALL_ASSETS, partition_key=BATCH, resources=_resources(root), instance=instance,
+                            run_config=_run_config(), raise_on_error=True)
+    return result, instance, ids
+
+
+def test_every_asset_materialized(pipeline_run):
+    result, instance, _ = pipeline_run
+    assert result.success
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialized == {
+        "raw_clips", "clip_quarantine", "clip_splits", "baseline_captions", "sft_checkpoint",
+        "finetuned_captions", "baseline_judge_scores", "finetuned_judge_scores", "score_comparison",
+    }
+    checks = {e.asset_check_key.name for e in result.get_asset_check_evaluations()}
+    assert checks == {"captions_parse_with_all_fields"} and len(result.get_asset_check_evaluations()) == 2
+
+
+def test_bad_inputs_are_quarantined_and_the_batch_goes_on(pipeline_run):
+    result, _, ids = pipeline_run
+    clips = result.output_for_node("raw_clips", "raw_clips")
+    quarantine = result.output_for_node("raw_clips", "clip_quarantine")
+    assert set(clips["clip_id"]) == set(ids) | {"badlabel"}
+    assert pd.isna(clips.set_index("clip_id").loc["badlabel", "label_json"])
+    by_check = {row.check: row for row in quarantine.itertuples()}
+    assert by_check["video_decodable"].file.endswith("broken.camera_front_wide_120fov.mp4")
+    assert by_check["label_json"].file.endswith("badlabel.label.json")
+    assert "not valid JSON" in by_check["label_json"].reason
+    real = clips.set_index("clip_id").loc[REAL_CLIP_ID]
+    assert (real.width, real.height, real.codec) == (960, 540, "h264")
+
+
+def test_splits_follow_the_id_hash_and_skip_unlabelled(pipeline_run):
+    result, _, ids = pipeline_run
+    splits = result.output_for_node("clip_splits").set_index("clip_id")["split"]
+    assert splits["badlabel"] == "unlabelled"
+    for clip_id in ids:
+        assert splits[clip_id] == split_for(clip_id, EVAL_FRACTION)
+
+
+def test_captions_cover_every_clip_with_model_and_prompt_identity(pipeline_run):
+    result, _, ids = pipeline_run
+    base = result.output_for_node("baseline_captions")
+    tuned = result.output_for_node("finetuned_captions")
+    checkpoint = result.output_for_node("sft_checkpoint")
+    assert set(base["clip_id"]) == set(tuned["clip_id"]) == set(ids) | {"badlabel"}
+    assert base["model_hash"].nunique() == 1 and tuned["model_hash"].nunique() == 1
+    assert base["model_hash"].iloc[0] != tuned["model_hash"].iloc[0]
+    assert tuned["model_hash"].iloc[0] == checkpoint["weights_hash"]
+    assert (base["new_tokens"] > 0).all() and (base["video_tokens"] > 0).all()
+    # The real clip (8.84 s, 960x540) at fps 2 and the recipe's max_pixels: 8 x 144 video tokens.
+    assert base.set_index("clip_id").loc[REAL_CLIP_ID, "video_tokens"] == 1152
+
+
+def test_checkpoint_is_a_loadable_safetensors_export_trained_on_train_clips(pipeline_run):
+    result, _, ids = pipeline_run
+    checkpoint = result.output_for_node("sft_checkpoint")
+    train = {c for c in ids if split_for(c, EVAL_FRACTION) == "train"}
+    assert set(checkpoint["train_clips"]) == train
+    assert len(checkpoint["losses"]) == 3
+    from pathlib import Path
+
+    weights = Path(checkpoint["path"]) / "model.safetensors"
+    with safe_open(str(weights), framework="pt") as handle:
+        assert any("visual" in key for key in handle.keys())
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint["path"])
+    AutoProcessor.from_pretrained(checkpoint["path"])
+
+
+def test_scores_carry_lineage_for_every_eval_clip_and_question(pipeline_run):
+    result, _, ids = pipeline_run
+    eval_ids = {c for c in ids if split_for(c, EVAL_FRACTION) == "eval"}
+    assert eval_ids, "the fixture's seed must put at least one clip in eval"
+    for source in ("baseline", "finetuned"):
+        scores = result.output_for_node(f"{source}_judge_scores")
+        assert set(scores["clip_id"]) == eval_ids
+        assert len(scores) == 15 * len(eval_ids)
+        for column in ("clip_sha256", "batch", "source_url", "model_hash", "caption_prompt_hash", "judge_id", "judge_prompt_hash", "caption_key"):
+            assert scores[column].notna().all(), column
+        assert set(scores["caption_source"]) == {source}
+        assert scores["judge_id"].iloc[0].startswith("offline:")
+
+
+def test_comparison_report_written_as_png_and_json(pipeline_run, avdag_home):
+    result, _, _ = pipeline_run
+    report = result.output_for_node("score_comparison")
+    png = (avdag_home / "reports" / "comparison.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    on_disk = json.loads((avdag_home / "reports" / "comparison.json").read_text())
+    assert on_disk["questions"] == 15 == len(report["table"])
+    assert on_disk == json.loads(json.dumps(report))
+    assert [row["field"] for row in on_disk["table"]][:2] == ["weather", "lighting"]
+    for row in on_disk["table"]:
+        assert 1 <= row["baseline_mean_score_strict"] <= 5 and 1 <= row["finetuned_mean_score_strict"] <= 5
+
+
+def test_rerun_reuses_captions_and_checkpoint(pipeline_run, landing):
+    result, instance, _ = pipeline_run
+    root, _ = landing
+    again = dg.materialize(list(defs.assets), selection=["baseline_captions", "sft_checkpoint"], partition_key=BATCH,
+                           resources=_resources(root), instance=instance)
+    frame = again.output_for_node("baseline_captions")
+    assert frame["cached"].all()
+    metadata = {e.asset_key.to_user_string(): e.materialization.metadata for e in again.get_asset_materialization_events()}
+    assert metadata["baseline_captions"]["computed_now"].value == 0
+    assert metadata["sft_checkpoint"]["status"].value == "cached"
+    assert again.output_for_node("sft_checkpoint")["weights_hash"] == result.output_for_node("sft_checkpoint")["weights_hash"]
+
+
+def test_openai_judge_resource_through_the_real_client(pipeline_run, landing, monkeypatch):
+    """The judge asset with the OpenAI-compatible judge, talking HTTP to a loopback server."""
+    _, instance, ids = pipeline_run
+    root, _ = landing
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-loopback")
+
+    def reply(body):
+        return "The answers agree on the essentials. <answer>4</answer>"
+
+    with OpenAIStubServer(reply) as server:
+        judge = OpenAIJudgeResource(api_key=dg.EnvVar("OPENAI_API_KEY"), model="judge-test", base_url=server.base_url, max_retries=0)
+        run = dg.materialize(list(defs.assets), selection=["finetuned_judge_scores"], partition_key=BATCH,
+                             resources=_resources(root, judge=judge), instance=instance)
+        scores = run.output_for_node("finetuned_judge_scores")
+        judged = scores[scores["model_answer"].notna()]
+        assert len(server.requests) == len(judged)
+        assert all(r["model"] == "judge-test" for r in server.requests)
+    assert (judged["score"] == 4).all()
+    assert judged["judge_id"].str.startswith("openai:judge-test@http://127.0.0.1").all()
+    assert scores.loc[scores["model_answer"].isna(), "score"].isna().all()
