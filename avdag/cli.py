@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="avdag", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_demo = sub.add_parser("demo", help="generate the sample batch and run every asset for it")
-    p_demo.add_argument("--clips", type=int, default=int(os.environ.get("AVDAG_DEMO_CLIPS", "40")),
+    p_demo.add_argument("--clips", type=int, default=int(os.environ.get("AVDAG_DEMO_CLIPS", "100")),
                         help="synthetic clips besides the real one")
     p_run = sub.add_parser("run", help="run every asset for a batch already in the landing zone")
     p_run.add_argument("batch")

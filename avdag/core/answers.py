@@ -17,7 +17,6 @@ from avdag.core.labels import FIELDS, field_issue
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
 _ANSWER_TAG = re.compile(r"<answer>(.*?)(</answer>|$)", re.DOTALL | re.IGNORECASE)
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)(```|$)", re.DOTALL | re.IGNORECASE)
-_TRAILING_COMMA = re.compile(r",\s*([}\]])")
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,10 @@ def parse_answer(raw: str) -> ParsedAnswer:
         return ParsedAnswer(None, "no JSON object in the reply", field_status=dict.fromkeys(FIELDS, "missing"))
     data, repaired, error = _loads_with_repair(candidate)
     if data is None:
-        return ParsedAnswer(None, error, field_status=dict.fromkeys(FIELDS, "missing"))
+        data = _salvage_fields(candidate)
+        if not data:
+            return ParsedAnswer(None, error, field_status=dict.fromkeys(FIELDS, "missing"))
+        repaired = True
     return ParsedAnswer(data, None, repaired, _field_status(data))
 
 
@@ -99,7 +101,7 @@ def _loads_with_repair(text: str) -> tuple[dict | None, bool, str | None]:
         return (value, False, None) if isinstance(value, dict) else (None, False, "reply JSON is not an object")
     except ValueError as exc:
         first_error = f"invalid JSON: {exc}"
-    repaired = _close_open_structures(_python_literals_to_json(_TRAILING_COMMA.sub(r"\1", text)))
+    repaired = _close_open_structures(_python_literals_to_json(_drop_trailing_commas(text)))
     try:
         value = json.loads(repaired)
     except ValueError:
@@ -109,26 +111,50 @@ def _loads_with_repair(text: str) -> tuple[dict | None, bool, str | None]:
     return value, True, None
 
 
+def _outside_strings(text: str):
+    """Yield (index, char, inside_string) for every character, honouring escapes."""
+    in_string, escaped = False, False
+    for i, ch in enumerate(text):
+        if in_string:
+            yield i, ch, True
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        else:
+            if ch == '"':
+                in_string = True
+            yield i, ch, in_string
+
+
 def _python_literals_to_json(text: str) -> str:
     """True/False/None outside strings become JSON literals."""
-    out, in_string, escaped, i = [], False, False, 0
     replacements = {"True": "true", "False": "false", "None": "null"}
-    while i < len(text):
-        ch = text[i]
-        if in_string:
-            escaped = (ch == "\\") and not escaped
-            if ch == '"' and not escaped:
-                in_string = False
-        elif ch == '"':
-            in_string = True
+    out, skip_until = [], -1
+    for i, ch, inside in _outside_strings(text):
+        if i < skip_until:
+            continue
+        word = None if inside else next((w for w in replacements if text.startswith(w, i)), None)
+        if word and not (i and (text[i - 1].isalnum() or text[i - 1] == "_")):
+            out.append(replacements[word])
+            skip_until = i + len(word)
         else:
-            word = next((w for w in replacements if text.startswith(w, i)), None)
-            if word and not (i and text[i - 1].isalnum()):
-                out.append(replacements[word])
-                i += len(word)
-                continue
+            out.append(ch)
+    return "".join(out)
+
+
+def _drop_trailing_commas(text: str) -> str:
+    """Remove commas that directly precede a closing bracket, outside strings only."""
+    out: list[str] = []
+    for _, ch, inside in _outside_strings(text):
+        if not inside and ch in "}]":
+            while out and out[-1].isspace():
+                out.pop()
+            if out and out[-1] == ",":
+                out.pop()
         out.append(ch)
-        i += 1
     return "".join(out)
 
 
@@ -153,7 +179,31 @@ def _close_open_structures(text: str) -> str:
     body = (text + tail).rstrip()
     body = re.sub(r',\s*$', "", body)
     body = re.sub(r',?\s*"[^"]*"\s*:\s*$', "", body)  # a key with no value yet
+    if stack and stack[-1] == "}":
+        body = re.sub(r'(?<=[{,])\s*"[^"]*"$', "", body).rstrip().rstrip(",")  # a key cut mid-name
     return body + "".join(reversed(stack))
+
+
+def _salvage_fields(text: str) -> dict[str, Any]:
+    """Last resort for a broken object: decode each rubric field's value where it stands.
+
+    Keeps the fields whose `"name": <value>` decodes as JSON (first occurrence wins) and drops
+    the rest, so one garbled field does not cost the other fourteen.
+    """
+    decoder = json.JSONDecoder()
+    found: dict[str, Any] = {}
+    for name in FIELDS:
+        match = re.search(r'"%s"\s*:\s*' % re.escape(name), text)
+        if not match:
+            continue
+        fragment = _python_literals_to_json(text[match.end():])
+        try:
+            value, end = decoder.raw_decode(fragment)
+        except ValueError:
+            continue
+        if fragment[end:].lstrip()[:1] in (",", "}", ""):  # the value ends where a value should
+            found[name] = value
+    return found
 
 
 def _field_status(data: dict[str, Any]) -> dict[str, str]:

@@ -51,6 +51,9 @@ def ingest_batch(
             probe = probe_video(local)
         except (VideoError, OSError) as exc:
             quarantine.append(QuarantineRecord(listing.batch, url, "video_decodable", str(exc)))
+            if clip_id in listing.labels:
+                quarantine.append(QuarantineRecord(listing.batch, listing.labels[clip_id], "video_decodable",
+                                                   f"its video {clip_id} was quarantined: {exc}"))
             continue
         label_json, label_problem = _load_label(zone, listing.labels.get(clip_id))
         if label_problem:

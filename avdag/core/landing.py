@@ -23,7 +23,7 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 def is_safe_name(name: str) -> bool:
     """Batch and clip names that cannot escape a folder: no separators, no '..', no leading dot."""
-    return bool(_SAFE_NAME.match(name)) and ".." not in name
+    return bool(_SAFE_NAME.fullmatch(name)) and ".." not in name
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,9 @@ class LandingZone:
             rel = path[len(base) + 1 :]
             name = rel.rsplit("/", 1)[-1]
             url = self._url(path)
-            if rel.startswith("videos/") and name.endswith(VIDEO_SUFFIX):
+            if rel == f"videos/{name}" and name.endswith(VIDEO_SUFFIX):
                 listing.videos[name[: -len(VIDEO_SUFFIX)]] = url
-            elif rel.startswith("metas/") and name.endswith(LABEL_SUFFIX):
+            elif rel == f"metas/{name}" and name.endswith(LABEL_SUFFIX):
                 listing.labels[name[: -len(LABEL_SUFFIX)]] = url
             elif not name.startswith("_"):  # markers such as _READY are not data
                 listing.unrecognized[url] = f"not a <id>{VIDEO_SUFFIX} under videos/ nor a <id>{LABEL_SUFFIX} under metas/"

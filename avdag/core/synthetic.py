@@ -20,7 +20,7 @@ import json
 import math
 import os
 import random
-import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -439,6 +439,11 @@ _LAMP_COLOURS = {
     "green": np.array([40.0, 255.0, 110.0], np.float32),
 }
 _STREETLAMP = np.array([255.0, 205.0, 130.0], np.float32)
+_REGULATORY_SIGN = np.array([240.0, 240.0, 240.0], np.float32)
+_WARNING_SIGN = np.array([245.0, 205.0, 30.0], np.float32)
+_POLE_GREY = np.array([84.0, 85.0, 88.0], np.float32)
+_SIGNAL_HOUSING = np.array([18.0, 18.0, 20.0], np.float32)
+_BLACK = np.zeros(3, np.float32)
 
 _DAY_SKIES = {  # (top, horizon) for blue-sky weather
     DIRECT_SUN: ((35.0, 105.0, 225.0), (165.0, 205.0, 248.0)),
@@ -452,13 +457,19 @@ _GREY_SKIES = {  # (top, horizon) before daylight scaling
     LIGHT_SNOW: ((196.0, 199.0, 206.0), (224.0, 226.0, 230.0)),
     DENSE_FOG: ((206.0, 208.0, 210.0), (206.0, 208.0, 210.0)),
 }
-_NIGHT_SKIES = {NIGHT_DARK: ((3.0, 5.0, 14.0), (14.0, 16.0, 28.0)), NIGHT_LIT: ((10.0, 12.0, 30.0), (58.0, 46.0, 48.0))}
-_NIGHT_CLOUDED_SKIES = {NIGHT_DARK: ((20.0, 20.0, 25.0), (34.0, 34.0, 39.0)), NIGHT_LIT: ((44.0, 39.0, 40.0), (80.0, 66.0, 58.0))}
+_NIGHT_SKIES = {
+    NIGHT_DARK: ((3.0, 5.0, 14.0), (14.0, 16.0, 28.0)),
+    NIGHT_LIT: ((10.0, 12.0, 30.0), (58.0, 46.0, 48.0)),  # city glow at the horizon
+}
+_NIGHT_CLOUDED_SKIES = {
+    NIGHT_DARK: ((20.0, 20.0, 25.0), (34.0, 34.0, 39.0)),
+    NIGHT_LIT: ((44.0, 39.0, 40.0), (80.0, 66.0, 58.0)),
+}
 _DAYLIGHT = {DIRECT_SUN: 1.05, DIFFUSED: 0.97, LOW_CONTRAST: 0.86}
-_AMBIENT = {DIRECT_SUN: 1.12, DIFFUSED: 0.95, LOW_CONTRAST: 0.85, NIGHT_DARK: 0.07, NIGHT_LIT: 0.13}
+_AMBIENT = {DIRECT_SUN: 1.3, DIFFUSED: 0.92, LOW_CONTRAST: 0.85, NIGHT_DARK: 0.07, NIGHT_LIT: 0.13}
 _WEATHER_DIMMING = {OVERCAST: 0.9, LIGHT_RAIN: 0.85, HEAVY_RAIN: 0.68, LIGHT_SNOW: 0.97, DENSE_FOG: 0.95}
 _CONTRAST = {DIRECT_SUN: 1.3, DIFFUSED: 1.0, LOW_CONTRAST: 0.55, NIGHT_DARK: 1.0, NIGHT_LIT: 1.0}
-_FOG_DISTANCE_M = {DENSE_FOG: 16.0, HEAVY_RAIN: 70.0, LIGHT_SNOW: 140.0, LIGHT_RAIN: 220.0}
+_FOG_DISTANCE_M = {DENSE_FOG: 10.0, HEAVY_RAIN: 70.0, LIGHT_SNOW: 140.0, LIGHT_RAIN: 220.0}
 
 
 @dataclass(frozen=True)
@@ -474,24 +485,26 @@ class _Look:
     sun: bool
     fog_colour: np.ndarray
     fog_distance_m: float
+    fog_floor: float  # haze even right in front of the camera (dense fog only)
+
+    def fog_weight(self, depth_m: Any) -> Any:
+        """How far toward the fog colour something at `depth_m` is blended (float or array)."""
+        return self.fog_floor + (1.0 - self.fog_floor) * (1.0 - np.exp(-depth_m / self.fog_distance_m))
 
 
 def _look_for(scene: SceneSpec) -> _Look:
     top, horizon = _sky_colours(scene)
-    if scene.weather == DENSE_FOG:
-        fog_colour = top
-    else:
-        fog_colour = horizon
     return _Look(
         sky_top=top,
         sky_horizon=horizon,
         ambient=_AMBIENT[scene.lighting] * _WEATHER_DIMMING.get(scene.weather, 1.0),
         contrast=_CONTRAST[scene.lighting],
-        headlights={NIGHT_DARK: 1.7, NIGHT_LIT: 0.8}.get(scene.lighting, 0.0),
+        headlights={NIGHT_DARK: 1.25, NIGHT_LIT: 0.7}.get(scene.lighting, 0.0),
         streetlights=scene.lighting == NIGHT_LIT,
         sun=scene.lighting == DIRECT_SUN,
-        fog_colour=fog_colour,
+        fog_colour=horizon,  # distant things melt into the sky at the horizon
         fog_distance_m=_FOG_DISTANCE_M.get(scene.weather, math.inf),
+        fog_floor=0.3 if scene.weather == DENSE_FOG else 0.0,
     )
 
 
@@ -516,6 +529,8 @@ LINE_HALF_WIDTH_M = 0.12
 DASH_PERIOD_M, DASH_LENGTH_M = 12.0, 4.5
 MAX_GROUND_DISTANCE_M = 400.0
 STOP_MARGIN_M = 3.0
+POLE_SPACING_M = 30.0
+SHADOW_SPACING_M = 17.0
 
 
 @dataclass(frozen=True)
@@ -528,8 +543,7 @@ class _RoadLayout:
     solid_white: tuple[float, ...]
     dashed_white: tuple[float, ...]
     yellow: tuple[float, ...]
-    ego_lane_centres: tuple[float, ...]
-    all_lane_centres: tuple[float, ...]
+    lane_centres: tuple[float, ...]
 
 
 def _road_layout(scene: SceneSpec) -> _RoadLayout:
@@ -537,7 +551,7 @@ def _road_layout(scene: SceneSpec) -> _RoadLayout:
     right = (scene.ego_lane + 0.5) * LANE_WIDTH_M
     centre = right - n * LANE_WIDTH_M
     inner = tuple(right - k * LANE_WIDTH_M for k in range(1, n))
-    ego_centres = tuple(right - (k + 0.5) * LANE_WIDTH_M for k in range(n))
+    centres = tuple(right - (k + 0.5) * LANE_WIDTH_M for k in range(n))
     solid_white = [right - 0.3]
     between = list(inner)
     if scene.two_way:
@@ -545,15 +559,14 @@ def _road_layout(scene: SceneSpec) -> _RoadLayout:
         between += [centre - k * LANE_WIDTH_M for k in range(1, n)]
         solid_white.append(left + 0.3)
         yellow = (centre - 0.18, centre + 0.18)
-        all_centres = ego_centres + tuple(centre - (k + 0.5) * LANE_WIDTH_M for k in range(n))
+        centres += tuple(centre - (k + 0.5) * LANE_WIDTH_M for k in range(n))
     else:
         left = centre
         yellow = (centre + 0.3,)
-        all_centres = ego_centres
     dashed = tuple(between) if scene.lane_marking == "dashed" else ()
     if scene.lane_marking == "solid":
         solid_white += between
-    return _RoadLayout(right, centre, left, tuple(solid_white), dashed, yellow, ego_centres, all_centres)
+    return _RoadLayout(right, centre, left, tuple(solid_white), dashed, yellow, centres)
 
 
 @dataclass(frozen=True)
@@ -587,6 +600,39 @@ def _motion_and_crossing(scene: SceneSpec, duration_s: float, lead_gap_m: float)
         return _Motion(speed, stop_time), speed * stop_time / 2.0 + STOP_MARGIN_M + gap
     crossing = max(speed * 0.55 * duration_s, 10.0) if has_crossing else None
     return _Motion(speed, None), crossing
+
+
+@dataclass(frozen=True)
+class _Jitter:
+    """Per-clip nuisance variation, so that clips with the same label are not the same picture."""
+
+    tone: np.ndarray  # per-channel gain
+    dash_phase: float
+    pole_phase: float
+    shadow_phase: float
+    puddle_phase: np.ndarray
+    lead_gap: float
+    car_colour: np.ndarray
+    shirt_colour: np.ndarray
+    sign_depth: float
+    pedestrian_start: float
+
+
+def _random_jitter(rng: np.random.Generator) -> _Jitter:
+    car_colours = [(40, 42, 48), (70, 20, 24), (30, 40, 70), (55, 55, 58)]
+    shirt_colours = [(230, 70, 40), (240, 200, 40), (60, 120, 230), (230, 230, 230)]
+    return _Jitter(
+        tone=(rng.uniform(0.95, 1.05) * rng.uniform(0.97, 1.03, size=3)).astype(np.float32),
+        dash_phase=rng.uniform(0, DASH_PERIOD_M),
+        pole_phase=rng.uniform(0, POLE_SPACING_M),
+        shadow_phase=rng.uniform(0, SHADOW_SPACING_M),
+        puddle_phase=rng.uniform(0, 2 * math.pi, size=2),
+        lead_gap=rng.uniform(10.0, 15.0),
+        car_colour=np.array(car_colours[rng.integers(len(car_colours))], np.float32),
+        shirt_colour=np.array(shirt_colours[rng.integers(len(shirt_colours))], np.float32),
+        sign_depth=rng.uniform(25.0, 45.0),
+        pedestrian_start=rng.uniform(0.3, 1.0),
+    )
 
 
 @dataclass(frozen=True)
@@ -689,8 +735,8 @@ class _ClipRenderer:
         self.look = _look_for(scene)
         self.layout = _road_layout(scene)
         self.camera = self._make_camera(width, height)
-        self.jitter = self._make_jitter()
-        self.motion, self.crossing_m = _motion_and_crossing(scene, duration_s, self.jitter["lead_gap"])
+        self.jitter = _random_jitter(self.rng)
+        self.motion, self.crossing_m = _motion_and_crossing(scene, duration_s, self.jitter.lead_gap)
         self._build_ground_grid()
         self.sky = self._sky_layer()
         self.albedo = self._static_albedo()
@@ -705,21 +751,6 @@ class _ClipRenderer:
     def _make_camera(self, width: int, height: int) -> _Camera:
         horizon = int(round(height * 0.44 + self.rng.uniform(-0.02, 0.02) * height))
         return _Camera(width, height, 0.62 * width, horizon, float(self.rng.uniform(-0.35, 0.35)))
-
-    def _make_jitter(self) -> dict[str, Any]:
-        r = self.rng
-        return {
-            "tone": r.uniform(0.95, 1.05) * r.uniform(0.97, 1.03, size=3).astype(np.float32),
-            "dash_phase": r.uniform(0, DASH_PERIOD_M),
-            "pole_phase": r.uniform(0, 30.0),
-            "shadow_phase": r.uniform(0, 17.0),
-            "puddle_phase": r.uniform(0, 2 * math.pi, size=2),
-            "lead_gap": r.uniform(10.0, 15.0),
-            "car_colour": np.array(r.choice([(40, 42, 48), (70, 20, 24), (30, 40, 70), (55, 55, 58)]), np.float32),
-            "shirt_colour": np.array(r.choice([(230, 70, 40), (240, 200, 40), (60, 120, 230), (230, 230, 230)]), np.float32),
-            "sign_depth": r.uniform(25.0, 45.0),
-            "pedestrian_start": r.uniform(0.3, 1.0),
-        }
 
     def _build_ground_grid(self) -> None:
         cam = self.camera
@@ -782,7 +813,8 @@ class _ClipRenderer:
         for centre in lay.yellow:
             _lerp_into(albedo, _YELLOW, line_strength * _line_cover(x, centre, 0.1, mpp))
         self.road_cover = road
-        dash_cover = line_strength * sum((_line_cover(x, c, LINE_HALF_WIDTH_M, mpp) for c in lay.dashed_white), np.zeros_like(x))
+        dash_cover = sum((_line_cover(x, c, LINE_HALF_WIDTH_M, mpp) for c in lay.dashed_white), np.zeros_like(x))
+        dash_cover *= line_strength
         # Dashes cover few pixels: keep them sparse so each frame touches only those.
         self.dash_rows, self.dash_cols = np.nonzero(dash_cover)
         self.dash_weight = dash_cover[self.dash_rows, self.dash_cols]
@@ -801,7 +833,7 @@ class _ClipRenderer:
         inside = np.minimum(x - (lay.left_edge - 0.5), (lay.right_edge + 0.5) - x)
         edge_snow = np.clip(1.0 - inside / 1.6, 0.0, 1.0) * road
         _lerp_into(albedo, _SNOW, np.maximum(edge_snow, 0.35 * road))
-        tracks = sum((_line_cover(x, c + side, 0.22, mpp) for c in lay.all_lane_centres for side in (-0.8, 0.8)),
+        tracks = sum((_line_cover(x, c + side, 0.15, mpp) for c in lay.lane_centres for side in (-0.8, 0.8)),
                      np.zeros_like(x))
         _lerp_into(albedo, np.array(_ASPHALT["wet"], np.float32), 0.3 * np.clip(tracks, 0, 1) * road)
 
@@ -825,12 +857,12 @@ class _ClipRenderer:
     def _ground_fog_weight(self) -> np.ndarray | None:
         if not math.isfinite(self.look.fog_distance_m):
             return None
-        return (1.0 - np.exp(-self.depth / self.look.fog_distance_m))[:, None, None].astype(np.float32)
+        return self.look.fog_weight(self.depth)[:, None, None].astype(np.float32)
 
     def _particles(self) -> dict[str, Any] | None:
         """Rain streaks or snowflakes: start positions and per-frame velocity (pixels)."""
         w, h = self.camera.width, self.camera.height
-        density = {LIGHT_RAIN: 0.0008, HEAVY_RAIN: 0.003, LIGHT_SNOW: 0.0025}.get(self.scene.weather)
+        density = {LIGHT_RAIN: 0.0008, HEAVY_RAIN: 0.0025, LIGHT_SNOW: 0.0025}.get(self.scene.weather)
         if density is None:
             return None
         n = int(density * w * h)
@@ -862,7 +894,7 @@ class _ClipRenderer:
         albedo = self.albedo.copy()
         depths = self.depth_sub + travelled  # distance along the road, fixed to the world
         if self.dash_rows.size:
-            dashes = _periodic_fraction(depths, DASH_PERIOD_M, DASH_LENGTH_M, self.jitter["dash_phase"])
+            dashes = _periodic_fraction(depths, DASH_PERIOD_M, DASH_LENGTH_M, self.jitter.dash_phase)
             weight = self.dash_weight * dashes[self.dash_rows]
             pixels = albedo[self.dash_rows, self.dash_cols]
             albedo[self.dash_rows, self.dash_cols] = pixels + weight[:, None] * (_WHITE - pixels)
@@ -899,7 +931,7 @@ class _ClipRenderer:
     def _paint_puddles(self, albedo: np.ndarray, travelled: float) -> None:
         """Sky-coloured puddles fixed to the road, so they stream past like the markings."""
         rows, cols, across = self._puddle_lanes
-        phase_z = self.jitter["puddle_phase"][1]
+        phase_z = self.jitter.puddle_phase[1]
         pattern = across * np.sin(0.3 * (self.depth[rows] + travelled) + phase_z)
         hit = pattern > 0.7
         rows, cols = rows[hit], cols[hit]
@@ -910,17 +942,17 @@ class _ClipRenderer:
     @cached_property
     def _puddle_lanes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows, cols = np.nonzero(self.road_cover > 0)
-        return rows, cols, np.sin(0.9 * self.x[rows, cols] + self.jitter["puddle_phase"][0])
+        return rows, cols, np.sin(0.9 * self.x[rows, cols] + self.jitter.puddle_phase[0])
 
     def _cast_shadows(self, light: np.ndarray, depths: np.ndarray) -> None:
         """Hard shadows of roadside trees across the right of the road: the direct-sunlight cue."""
-        rows = _periodic_fraction(depths, 17.0, 4.0, self.jitter["shadow_phase"])
+        rows = _periodic_fraction(depths, SHADOW_SPACING_M, 4.0, self.jitter.shadow_phase)
         lateral = (self.x > self.layout.right_edge - 6.0).astype(np.float32)
         light *= 1.0 - 0.6 * rows[:, None] * lateral
 
     def _add_light_pools(self, light: np.ndarray, depths: np.ndarray) -> None:
-        offset = np.mod(depths - self.jitter["pole_phase"], 30.0)
-        nearest = np.minimum(offset, 30.0 - offset)
+        offset = np.mod(depths - self.jitter.pole_phase, POLE_SPACING_M)
+        nearest = np.minimum(offset, POLE_SPACING_M - offset)
         rows = np.exp(-0.5 * (nearest / 6.0) ** 2).mean(axis=1)
         light += 1.3 * rows[:, None] * self._pool_lateral
 
@@ -941,18 +973,18 @@ class _ClipRenderer:
         if self.scene.lighting != NIGHT_DARK:
             yield from self._poles(travelled)
         if self.scene.speed_limit_mph is not None:
-            depth = self.jitter["sign_depth"] - travelled
-            yield depth, lambda im, d=depth: self._draw_sign(im, d, np.array([240.0, 240.0, 240.0], np.float32))
+            depth = self.jitter.sign_depth - travelled
+            yield depth, lambda im, d=depth: self._draw_sign(im, d, _REGULATORY_SIGN)
         if self.crossing_m is not None:
             line = self.crossing_m - travelled
             if self.scene.traffic_light is not None:
                 yield line + 16.0, lambda im, d=line + 16.0: self._draw_traffic_light(im, d)
             elif self.scene.has_midblock_crosswalk:
-                yield line - 1.5, lambda im, d=line - 1.5: self._draw_sign(im, d, np.array([245.0, 205.0, 30.0], np.float32))
+                yield line - 1.5, lambda im, d=line - 1.5: self._draw_sign(im, d, _WARNING_SIGN)
             if self.scene.has_pedestrian:
                 yield line + 2.5, lambda im, d=line + 2.5: self._draw_pedestrian(im, d, t)
         if self.scene.has_lead_vehicle:
-            gap = self.jitter["lead_gap"] + 0.4 * math.sin(1.3 * t)
+            gap = self.jitter.lead_gap + 0.4 * math.sin(1.3 * t)
             yield gap, lambda im: self._draw_lead_vehicle(im, gap, self.motion.braking(t))
 
     def _object_light(self, depth: float) -> float:
@@ -962,7 +994,7 @@ class _ClipRenderer:
     def _fogged(self, colour: np.ndarray, depth: float) -> np.ndarray:
         if not math.isfinite(self.look.fog_distance_m):
             return colour
-        weight = 1.0 - math.exp(-depth / self.look.fog_distance_m)
+        weight = float(self.look.fog_weight(depth))
         return colour + weight * (self.look.fog_colour - colour)
 
     def _emission(self, depth: float) -> float:
@@ -972,9 +1004,9 @@ class _ClipRenderer:
         return 0.35 + 0.65 * math.exp(-depth / self.look.fog_distance_m)
 
     def _poles(self, travelled: float) -> Iterator[tuple[float, Callable[[np.ndarray], None]]]:
-        first = math.ceil((travelled + 2.0 - self.jitter["pole_phase"]) / 30.0)
+        first = math.ceil((travelled + 2.0 - self.jitter.pole_phase) / POLE_SPACING_M)
         for k in range(first, first + 8):
-            depth = self.jitter["pole_phase"] + 30.0 * k - travelled
+            depth = self.jitter.pole_phase + POLE_SPACING_M * k - travelled
             for x_pole in self._pole_lines():
                 yield depth, lambda im, d=depth, xp=x_pole: self._draw_pole(im, xp, d)
 
@@ -983,7 +1015,7 @@ class _ClipRenderer:
         u, v_foot = cam.project(x_pole, 0.0, depth)
         _, v_top = cam.project(x_pole, 8.0, depth)
         half = max(cam.pixels(0.15, depth), 0.5)
-        colour = self._fogged(np.array([78.0, 80.0, 84.0], np.float32) * self._object_light(depth), depth)
+        colour = self._fogged(_POLE_GREY * self._object_light(depth), depth)
         _fill_rect(image, u - half, u + half, v_top, v_foot, colour)
         if self.look.streetlights:
             lamp_u, lamp_v = cam.project(x_pole - math.copysign(1.5, x_pole), 8.0, depth)
@@ -1001,8 +1033,8 @@ class _ClipRenderer:
         _, v_top = cam.project(x_sign, 3.3, depth)
         half = max(cam.pixels(0.6, depth), 2.0)
         light = max(self._object_light(depth), 0.35)  # retroreflective
-        _fill_rect(image, u - 1, u + 1, v_bottom, v_foot, self._fogged(np.array([90.0, 90.0, 92.0], np.float32) * light, depth))
-        _fill_rect(image, u - half - 1, u + half + 1, v_top - 1, v_bottom + 1, self._fogged(np.array([20.0, 20.0, 20.0], np.float32), depth))
+        _fill_rect(image, u - 1, u + 1, v_bottom, v_foot, self._fogged(_POLE_GREY * light, depth))
+        _fill_rect(image, u - half - 1, u + half + 1, v_top - 1, v_bottom + 1, self._fogged(_BLACK, depth))
         _fill_rect(image, u - half, u + half, v_top, v_bottom, self._fogged(colour * light, depth))
 
     def _draw_traffic_light(self, image: np.ndarray, depth: float) -> None:
@@ -1020,7 +1052,7 @@ class _ClipRenderer:
         _fill_rect(image, min(u_box, u_mast), max(u_box, u_mast), v_arm - half_pole, v_arm + half_pole, dark)
         box_w = max(cam.pixels(0.9, depth), 9.0)
         box_h = 3.0 * box_w
-        _fill_rect(image, u_box - box_w / 2, u_box + box_w / 2, v_arm, v_arm + box_h, np.array([18.0, 18.0, 20.0], np.float32))
+        _fill_rect(image, u_box - box_w / 2, u_box + box_w / 2, v_arm, v_arm + box_h, _SIGNAL_HOUSING)
         colour = self.scene.traffic_light
         for slot, name in enumerate(("red", "yellow", "green")):
             lamp_v = v_arm + box_h * (slot + 0.5) / 3.0
@@ -1039,9 +1071,9 @@ class _ClipRenderer:
         _, v_window = cam.project(0.0, 1.05, depth)
         half = cam.pixels(0.9, depth)
         light = self._object_light(depth)
-        body = self._fogged(self.jitter["car_colour"] * light, depth)
+        body = self._fogged(self.jitter.car_colour * light, depth)
         glass = self._fogged(np.array([70.0, 80.0, 92.0], np.float32) * light, depth)
-        _fill_rect(image, u - half * 1.1, u + half * 1.1, v_ground - 2, v_ground + 2, self._fogged(np.zeros(3, np.float32), depth))
+        _fill_rect(image, u - half * 1.1, u + half * 1.1, v_ground - 2, v_ground + 2, self._fogged(_BLACK, depth))
         _fill_rect(image, u - half, u + half, v_roof, v_ground, body)
         _fill_rect(image, u - half * 0.8, u + half * 0.8, v_roof + 1, v_window, glass)
         lamp_on = braking or self.scene.is_night or self.scene.weather in (HEAVY_RAIN, DENSE_FOG)
@@ -1059,14 +1091,14 @@ class _ClipRenderer:
         if depth < 2.0:
             return
         cam, lay = self.camera, self.layout
-        x = lay.right_edge + self.jitter["pedestrian_start"] - 1.4 * t
+        x = lay.right_edge + self.jitter.pedestrian_start - 1.4 * t
         u, v_ground = cam.project(x, 0.0, depth)
         _, v_hip = cam.project(x, 0.9, depth)
         _, v_shoulder = cam.project(x, 1.45, depth)
         _, v_head = cam.project(x, 1.75, depth)
         half = cam.pixels(0.25, depth)
         light = max(self._object_light(depth), 0.3)
-        shirt = self._fogged(self.jitter["shirt_colour"] * light, depth)
+        shirt = self._fogged(self.jitter.shirt_colour * light, depth)
         trousers = self._fogged(np.array([40.0, 45.0, 70.0], np.float32) * light, depth)
         skin = self._fogged(np.array([200.0, 160.0, 130.0], np.float32) * light, depth)
         stride = half * 0.8 * math.sin(6.0 * t)
@@ -1107,9 +1139,9 @@ class _ClipRenderer:
         contrast = self.look.contrast
         if contrast != 1.0:
             if self.contrast_pivot is None:
-                self.contrast_pivot = float(image.mean())
+                self.contrast_pivot = round(float(image.mean(dtype=np.float64)), 2)
             image = self.contrast_pivot + contrast * (image - self.contrast_pivot)
-        image *= self.jitter["tone"]
+        image *= self.jitter.tone
         return np.clip(image, 0, 255).astype(np.uint8)
 
 
@@ -1120,16 +1152,22 @@ class _ClipRenderer:
 
 @contextmanager
 def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temp file next to `path` that replaces it only if the block succeeds."""
+    """A fresh temp path next to `path` that replaces it only if the block succeeds.
+
+    The temp file is created by the writer (not mkstemp), so it gets the usual umask permissions.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# One thread: x264's output depends on the thread count. No B-frames: with B-frames and mb-tree this
+# x264 build gave different bytes for identical input now and then (depending on buffer addresses).
+_X264_OPTIONS = {"crf": "23", "preset": "veryfast", "threads": "1", "x264-params": "bframes=0"}
 
 
 def _frame_count(duration_s: float, fps: int) -> int:
@@ -1158,10 +1196,9 @@ def render_clip(
             stream = container.add_stream("libx264", rate=fps)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             stream.time_base = Fraction(1, fps)
-            stream.options = {"crf": "23", "preset": "veryfast", "threads": "1"}
+            stream.options = dict(_X264_OPTIONS)
             for index in range(_frame_count(duration_s, fps)):
-                # Convert here: letting encode() convert rgb24 made the output bytes vary run to run.
-                frame = av.VideoFrame.from_ndarray(renderer.frame(index), format="rgb24").reformat(format="yuv420p")
+                frame = av.VideoFrame.from_ndarray(renderer.frame(index), format="rgb24")
                 frame.pts = index
                 container.mux(stream.encode(frame))
             container.mux(stream.encode(None))
@@ -1169,7 +1206,7 @@ def render_clip(
 
 def _write_label(label: dict[str, Any], path: Path) -> None:
     with _atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(tmp, "x", encoding="utf-8") as f:
             json.dump(label, f, indent=2)
 
 

@@ -70,30 +70,34 @@ def test_random_labels_are_valid_and_in_rubric_order():
         assert tuple(label) == FIELDS
 
 
-@pytest.mark.parametrize("scene", _random_scenes(300, seed=2), ids=lambda s: "")
-def test_label_agrees_with_scene(scene: SceneSpec):
-    label = label_for_scene(scene, random.Random(0))
+def test_labels_agree_with_their_scenes():
+    rng = random.Random(0)
+    for scene in _random_scenes(300, seed=2):
+        _assert_label_matches(scene, label_for_scene(scene, rng))
+
+
+def _assert_label_matches(scene: SceneSpec, label: dict) -> None:
     assert (label["weather"], label["lighting"]) == (scene.weather, scene.lighting)
     if scene.traffic_light is None:
-        assert label["traffic_light"] == "No traffic light"
-        assert "intersection" not in label["junction_type"].lower()
+        assert label["traffic_light"] == "No traffic light", scene
+        assert "intersection" not in label["junction_type"].lower(), scene
     else:
-        assert scene.traffic_light in label["traffic_light"].lower()
-        assert "intersection" in label["junction_type"].lower()
-    assert label["rule_violation"] == ("True" if scene.runs_red_light else "False")
+        assert scene.traffic_light in label["traffic_light"].lower(), scene
+        assert "intersection" in label["junction_type"].lower(), scene
+    assert label["rule_violation"] == ("True" if scene.runs_red_light else "False"), scene
     actions = label["interactive_expanded_metaaction"] or []
-    assert ("Vehicle following" in actions) == scene.has_lead_vehicle
-    assert ("Yield to VRUs" in actions) == scene.has_pedestrian
+    assert ("Vehicle following" in actions) == scene.has_lead_vehicle, scene
+    assert ("Yield to VRUs" in actions) == scene.has_pedestrian, scene
     conditions = label["road_conditions"].lower()
     if scene.weather in (LIGHT_RAIN, HEAVY_RAIN):
-        assert "wet" in conditions or "rain" in conditions
+        assert "wet" in conditions or "rain" in conditions, scene
     if scene.weather == LIGHT_SNOW:
-        assert "snow" in conditions
+        assert "snow" in conditions, scene
     if scene.road_surface == "dry":
-        assert "dry" in conditions
+        assert "dry" in conditions, scene
     lane_words = {1: "One", 2: "Two", 3: "Three", 4: "Four"}
-    assert label["lane_type"].startswith(lane_words[scene.lanes_per_direction])
-    assert 2 <= label["safety_analysis"].count(". ") + 1 <= 3
+    assert label["lane_type"].startswith(lane_words[scene.lanes_per_direction]), scene
+    assert 2 <= label["safety_analysis"].count(". ") + 1 <= 3, scene
 
 
 def test_difficulty_tracks_hazards():
@@ -158,8 +162,8 @@ def test_generate_sample_batch_layout_and_determinism(tmp_path: Path):
         label = json.loads(files[f"metas/{clip_id}{LABEL_SUFFIX}"])
         assert validate_label(label) == []
         assert label == plan_clip(5, index)[2]
-    again = _batch_files(Path(tmp_path / "c") / "b1") if generate_sample_batch(tmp_path / "c", "b1", 3, seed=5, duration_s=1.0, fps=5) else {}
-    assert again == files
+    generate_sample_batch(tmp_path / "c", "b1", 3, seed=5, duration_s=1.0, fps=5)
+    assert _batch_files(tmp_path / "c" / "b1") == files  # byte for byte
     generate_sample_batch(tmp_path / "d", "b1", 3, seed=6, duration_s=1.0, fps=5)
     other = _batch_files(tmp_path / "d" / "b1")
     assert set(other).isdisjoint(files)
@@ -215,3 +219,144 @@ def test_render_clip_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch: 
 # ---------------------------------------------------------------------------------------------
 # Pictures carry the label
 # ---------------------------------------------------------------------------------------------
+
+
+def _sky(frame: np.ndarray) -> np.ndarray:
+    """The top band of the picture, safely above the horizon whatever the camera jitter."""
+    return frame[: int(0.3 * frame.shape[0])].astype(np.float32)
+
+
+def _lamp_pixel_counts(frame: np.ndarray) -> dict[str, int]:
+    """Pixels saturated in a signal lamp's colour, in the upper half of the picture."""
+    r, g, b = (frame[: frame.shape[0] // 2, :, c].astype(int) for c in range(3))
+    return {
+        "red": int(((r > 170) & (g < 110) & (b < 110)).sum()),
+        "green": int(((g > 170) & (r < 120) & (g - b > 50)).sum()),
+        "yellow": int(((r > 170) & (g > 130) & (b < 90)).sum()),
+    }
+
+
+def test_night_is_dark_and_streetlights_brighten_it(tmp_path: Path):
+    luma = {lighting: _luma(_render(tmp_path, replace(STILL, lighting=lighting), str(i))).mean()
+            for i, lighting in enumerate(LIGHTING)}
+    for night in (NIGHT_DARK, NIGHT_LIT):
+        assert luma[night] < 0.7 * min(luma[DIRECT_SUN], luma[DIFFUSED], luma[LOW_CONTRAST])
+    assert luma[NIGHT_DARK] < 0.4 * luma[DIRECT_SUN]
+    assert luma[NIGHT_LIT] > luma[NIGHT_DARK] + 8
+
+
+def test_streetlights_show_as_bright_blobs_at_night(tmp_path: Path):
+    def blob_pixels(lighting: str) -> int:
+        frame = _render(tmp_path, replace(STILL, lighting=lighting), lighting[:5])[0]
+        return int((_luma(frame[: frame.shape[0] // 2]) > 235).sum())
+
+    assert blob_pixels(NIGHT_LIT) > 50
+    assert blob_pixels(NIGHT_DARK) == 0
+
+
+def test_sky_colour_follows_weather_and_lighting(tmp_path: Path):
+    def blueness(weather: str, lighting: str) -> float:
+        sky = _sky(_render(tmp_path, replace(STILL, weather=weather, lighting=lighting), "sky")[0])
+        return float((sky[..., 2] - sky[..., 0]).mean())
+
+    assert blueness(CLEAR, DIRECT_SUN) > 120  # deep, saturated blue
+    assert 30 < blueness(CLEAR, DIFFUSED) < blueness(CLEAR, DIRECT_SUN) - 50  # paler blue
+    for grey_weather in (OVERCAST, LIGHT_RAIN, HEAVY_RAIN, DENSE_FOG):
+        assert abs(blueness(grey_weather, DIFFUSED)) < 25
+
+
+def test_partly_cloudy_sky_has_white_clouds(tmp_path: Path):
+    def white_fraction(weather: str) -> float:
+        sky = _sky(_render(tmp_path, replace(STILL, weather=weather), "clouds")[0])
+        return float((sky.min(axis=-1) > 225).mean())
+
+    assert white_fraction(PARTLY_CLOUDY) > 0.01
+    assert white_fraction(CLEAR) == 0.0
+
+
+def test_fog_and_dull_light_flatten_contrast_and_sun_sharpens_it(tmp_path: Path):
+    def contrast(weather: str, lighting: str) -> float:
+        return float(_luma(_render(tmp_path, replace(STILL, weather=weather, lighting=lighting), "c")).std())
+
+    def ground_contrast(lighting: str) -> float:
+        frames = _render(tmp_path, replace(STILL, lighting=lighting), "g")
+        return float(_luma(frames[:, frames.shape[1] // 2:]).std())
+
+    clear = contrast(CLEAR, DIFFUSED)
+    assert contrast(DENSE_FOG, DIFFUSED) < 0.6 * clear
+    assert contrast(CLEAR, LOW_CONTRAST) < 0.6 * clear
+    assert ground_contrast(DIRECT_SUN) > 1.4 * ground_contrast(DIFFUSED)  # hard shadows
+
+
+def test_rain_and_snow_move_between_frames_when_nothing_else_does(tmp_path: Path):
+    change = {weather: _frame_to_frame_change(_render(tmp_path, replace(STILL, weather=weather), "p"))
+              for weather in (CLEAR, LIGHT_RAIN, HEAVY_RAIN, LIGHT_SNOW)}
+    assert change[CLEAR] < 0.1
+    assert change[LIGHT_RAIN] > 0.5
+    assert change[HEAVY_RAIN] > 2.5 * change[LIGHT_RAIN]
+    assert change[LIGHT_SNOW] > 0.5
+
+
+def test_snow_whitens_the_roadside_and_rain_darkens_the_road(tmp_path: Path):
+    dry = _luma(_render(tmp_path, STILL, "dry")[0])
+    snowy = _luma(_render(tmp_path, replace(STILL, weather=LIGHT_SNOW, road_surface="snowy"), "snow")[0])
+    wet = _luma(_render(tmp_path, replace(STILL, weather=LIGHT_RAIN, road_surface="wet"), "wet")[0])
+    h, w = dry.shape
+    roadside = (slice(int(0.75 * h), h), slice(int(0.85 * w), w))
+    ego_lane = (slice(int(0.8 * h), h), slice(int(0.4 * w), int(0.6 * w)))
+    assert snowy[roadside].mean() > dry[roadside].mean() + 60
+    assert np.median(wet[ego_lane]) < np.median(dry[ego_lane]) - 20
+
+
+def test_driving_moves_the_road_markings(tmp_path: Path):
+    parked = _frame_to_frame_change(_render(tmp_path, STILL, "parked"))
+    driving = _frame_to_frame_change(_render(tmp_path, replace(STILL, speed_kmh=50.0), "driving"))
+    assert parked < 0.1
+    assert driving > 1.0
+
+
+@pytest.mark.parametrize("colour", ["red", "green", "yellow"])
+def test_traffic_light_shows_its_colour(tmp_path: Path, colour: str):
+    for lighting in (DIFFUSED, NIGHT_DARK):
+        scene = replace(STILL, traffic_light=colour, lighting=lighting)
+        counts = _lamp_pixel_counts(_render(tmp_path, scene, colour)[-1])
+        assert counts[colour] > 40
+        assert all(count < 10 for name, count in counts.items() if name != colour)
+    no_light = _lamp_pixel_counts(_render(tmp_path, STILL, "none")[-1])
+    assert no_light[colour] < 10
+
+
+def test_running_a_red_light_keeps_moving_while_stopping_comes_to_rest(tmp_path: Path):
+    approach = replace(STILL, traffic_light="red", speed_kmh=50.0)
+    stopper = _render(tmp_path, approach, "stop", duration_s=2.0)
+    runner = _render(tmp_path, replace(approach, runs_red_light=True), "run", duration_s=2.0)
+    assert _frame_to_frame_change(stopper[-4:]) < 0.1
+    assert _frame_to_frame_change(runner[-4:]) > 2.0
+    # The runner passes the signal: its red lamp has left the picture by the end.
+    assert _lamp_pixel_counts(stopper[-1])["red"] > 40
+    assert _lamp_pixel_counts(runner[0])["red"] > 0
+    assert _lamp_pixel_counts(runner[-1])["red"] < 10
+
+
+def test_lead_vehicle_darkens_the_lane_ahead(tmp_path: Path):
+    empty = _luma(_render(tmp_path, STILL, "empty")[0])
+    following = _luma(_render(tmp_path, replace(STILL, has_lead_vehicle=True), "lead")[0])
+    h, w = empty.shape
+    ahead = (slice(int(0.38 * h), int(0.62 * h)), slice(int(0.42 * w), int(0.58 * w)))
+    assert following[ahead].mean() < empty[ahead].mean() - 8
+
+
+def test_pedestrian_walks_across_a_still_scene(tmp_path: Path):
+    waiting = replace(STILL, traffic_light="red")
+    assert _frame_to_frame_change(_render(tmp_path, waiting, "nobody")) < 0.1
+    assert _frame_to_frame_change(_render(tmp_path, replace(waiting, has_pedestrian=True), "walker")) > 0.3
+
+
+@pytest.mark.parametrize(("lanes", "two_way"), [(1, True), (2, True), (2, False), (3, False)])
+def test_lane_lines_match_lane_count(tmp_path: Path, lanes: int, two_way: bool):
+    scene = replace(STILL, lanes_per_direction=lanes, two_way=two_way, lane_marking="solid",
+                    road_type="arterial" if two_way else "highway")
+    frame = _render(tmp_path, scene, "lanes")[0]
+    row = frame[frame.shape[0] // 2].astype(int)  # a little below the horizon: the whole road is in view
+    white_lines = int((np.diff((row.min(axis=-1) > 180).astype(int)) == 1).sum())
+    assert white_lines == (2 * lanes if two_way else lanes)
