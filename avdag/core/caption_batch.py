@@ -51,10 +51,10 @@ def caption_clips(
     log: Log = print,
 ) -> pd.DataFrame:
     """One row per clip (CAPTION_COLUMNS); computes only what the cache lacks."""
+    keys = [caption_key(sha, captioner.model_hash, prompts.caption_hash, captioner.settings) for sha in clips["sha256"]]
+    pending = sum(not (cache_dir / f"{key}.json").exists() for key in keys)
     rows, started, computed = [], time.perf_counter(), 0
-    total = len(clips)
-    for i, clip in enumerate(clips.itertuples(index=False), start=1):
-        key = caption_key(clip.sha256, captioner.model_hash, prompts.caption_hash, captioner.settings)
+    for i, (clip, key) in enumerate(zip(clips.itertuples(index=False), keys), start=1):
         path = cache_dir / f"{key}.json"
         record = _read_cached(path)
         cached = record is not None
@@ -64,19 +64,10 @@ def caption_clips(
                       "new_tokens": out.new_tokens, "seconds": out.seconds, "clip_id": clip.clip_id}
             write_json_atomic(path, record)
             computed += 1
-            elapsed = time.perf_counter() - started
-            eta = elapsed / computed * _remaining_uncached(clips, i, cache_dir, captioner, prompts)
-            log(f"[{caption_source}] {i}/{total} {clip.clip_id}: {out.new_tokens} tokens in {out.seconds:.1f}s; ETA {eta:.0f}s")
+            eta = (time.perf_counter() - started) / computed * max(0, pending - computed)
+            log(f"[{caption_source}] {i}/{len(clips)} {clip.clip_id}: {out.new_tokens} tokens in {out.seconds:.1f}s; ETA {eta:.0f}s")
         rows.append(_row(clip, record, key, cached, captioner, prompts, caption_source))
     return pd.DataFrame(rows, columns=CAPTION_COLUMNS)
-
-
-def _remaining_uncached(clips: pd.DataFrame, done: int, cache_dir: Path, captioner: Captioner, prompts) -> int:
-    rest = clips.iloc[done:]
-    return sum(
-        not (cache_dir / f"{caption_key(s, captioner.model_hash, prompts.caption_hash, captioner.settings)}.json").exists()
-        for s in rest["sha256"]
-    )
 
 
 def _read_cached(path: Path) -> dict[str, Any] | None:
