@@ -43,7 +43,7 @@ def build_resources() -> dict:
             max_new_tokens=int(os.environ.get("AVDAG_MAX_NEW_TOKENS", "1024")),
         ),
         "trainer": EmbeddedTrainerResource(
-            steps=int(os.environ.get("AVDAG_SFT_STEPS", "400")),
+            steps=int(os.environ.get("AVDAG_SFT_STEPS", "800")),
         ),
         "judge": _judge(),
         "parquet_io": ParquetIOManager(),

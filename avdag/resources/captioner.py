@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import dagster as dg
@@ -59,7 +60,6 @@ class CaptionerResource(dg.ConfigurableResource):
 def tokenizer_corpus(prompts) -> list[str]:
     """Text the tiny tokenizer learns from: the rubric, its answer vocabulary and label-shaped JSON."""
     from avdag.core.synthetic import label_for_scene, random_scene
-    import random
 
     rng = random.Random(1234)
     labels = [json.dumps(label_for_scene(random_scene(rng), rng), indent=2) for _ in range(200)]

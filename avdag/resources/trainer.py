@@ -30,7 +30,7 @@ class SftTrainerResource(dg.ConfigurableResource):
 class EmbeddedTrainerResource(SftTrainerResource):
     """Plain PyTorch/transformers SFT in the Dagster step: for small models and CPU demos."""
 
-    steps: int = Field(default=400, description="Optimizer steps.")
+    steps: int = Field(default=800, description="Optimizer steps.")
     batch_size: int = Field(default=2, description="Examples per step (gradient accumulation).")
     learning_rate: float = Field(default=2e-3, description="2e-3 suits the tiny model; the recipe uses 2e-6 for 7B.")
     warmup_steps: int = 10
