@@ -74,21 +74,14 @@ def _extract_object_text(raw: str) -> str | None:
 
 def _matching_brace(text: str, start: int) -> int | None:
     """Index of the brace closing the object opened at `start`, honouring strings."""
-    depth, in_string, escaped = 0, False, False
+    depth = 0
+    inside, _ = _string_mask(text)
     for i in range(start, len(text)):
-        ch = text[i]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "{[":
+        if inside[i]:
+            continue
+        if text[i] in "{[":
             depth += 1
-        elif ch in "}]":
+        elif text[i] in "}]":
             depth -= 1
             if depth == 0:
                 return i
@@ -111,12 +104,12 @@ def _loads_with_repair(text: str) -> tuple[dict | None, bool, str | None]:
     return value, True, None
 
 
-def _outside_strings(text: str):
-    """Yield (index, char, inside_string) for every character, honouring escapes."""
-    in_string, escaped = False, False
-    for i, ch in enumerate(text):
+def _string_mask(text: str) -> tuple[list[bool], bool]:
+    """Per character: is it part of a string literal (quotes included)? And does the text end in one?"""
+    mask, in_string, escaped = [], False, False
+    for ch in text:
         if in_string:
-            yield i, ch, True
+            mask.append(True)
             if escaped:
                 escaped = False
             elif ch == "\\":
@@ -124,32 +117,33 @@ def _outside_strings(text: str):
             elif ch == '"':
                 in_string = False
         else:
-            if ch == '"':
-                in_string = True
-            yield i, ch, in_string
+            in_string = ch == '"'
+            mask.append(in_string)
+    return mask, in_string
 
 
 def _python_literals_to_json(text: str) -> str:
     """True/False/None outside strings become JSON literals."""
     replacements = {"True": "true", "False": "false", "None": "null"}
-    out, skip_until = [], -1
-    for i, ch, inside in _outside_strings(text):
-        if i < skip_until:
-            continue
-        word = None if inside else next((w for w in replacements if text.startswith(w, i)), None)
+    inside, _ = _string_mask(text)
+    out, i = [], 0
+    while i < len(text):
+        word = None if inside[i] else next((w for w in replacements if text.startswith(w, i)), None)
         if word and not (i and (text[i - 1].isalnum() or text[i - 1] == "_")):
             out.append(replacements[word])
-            skip_until = i + len(word)
+            i += len(word)
         else:
-            out.append(ch)
+            out.append(text[i])
+            i += 1
     return "".join(out)
 
 
 def _drop_trailing_commas(text: str) -> str:
     """Remove commas that directly precede a closing bracket, outside strings only."""
+    inside, _ = _string_mask(text)
     out: list[str] = []
-    for _, ch, inside in _outside_strings(text):
-        if not inside and ch in "}]":
+    for ch, in_string in zip(text, inside):
+        if not in_string and ch in "}]":
             while out and out[-1].isspace():
                 out.pop()
             if out and out[-1] == ",":
@@ -160,24 +154,17 @@ def _drop_trailing_commas(text: str) -> str:
 
 def _close_open_structures(text: str) -> str:
     """Close a string, array or object left open by a reply cut at the token limit."""
-    stack, in_string, escaped = [], False, False
-    for ch in text:
+    inside, ends_in_string = _string_mask(text)
+    stack: list[str] = []
+    for ch, in_string in zip(text, inside):
         if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "{[":
+            continue
+        if ch in "{[":
             stack.append("}" if ch == "{" else "]")
         elif ch in "}]" and stack:
             stack.pop()
-    tail = '"' if in_string else ""
-    body = (text + tail).rstrip()
-    body = re.sub(r',\s*$', "", body)
+    body = (text + ('"' if ends_in_string else "")).rstrip()
+    body = re.sub(r",\s*$", "", body)
     body = re.sub(r',?\s*"[^"]*"\s*:\s*$', "", body)  # a key with no value yet
     if stack and stack[-1] == "}":
         body = re.sub(r'(?<=[{,])\s*"[^"]*"$', "", body).rstrip().rstrip(",")  # a key cut mid-name
