@@ -17,6 +17,7 @@ from avdag.automation.sensors import landing_zone_sensor
 from avdag.resources.captioner import EMBEDDED_MODEL, CaptionerResource
 from avdag.resources.io_managers import JsonIOManager, ParquetIOManager
 from avdag.resources.judge import OfflineJudgeResource, OpenAIJudgeResource
+from avdag.resources.registry import ClipRegistryResource
 from avdag.resources.storage import ArtifactStoreResource, LandingZoneResource
 from avdag.resources.trainer import EmbeddedTrainerResource
 
@@ -38,6 +39,7 @@ def build_resources() -> dict:
             s3_endpoint_url=os.environ.get("AVDAG_S3_ENDPOINT_URL"),
         ),
         "artifacts": ArtifactStoreResource(),
+        "clip_registry": ClipRegistryResource(),
         "captioner": CaptionerResource(
             model=os.environ.get("AVDAG_MODEL", EMBEDDED_MODEL),
             max_new_tokens=int(os.environ.get("AVDAG_MAX_NEW_TOKENS", "1024")),

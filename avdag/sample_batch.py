@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from avdag.core.atomic import atomic_path
-from avdag.core.landing import LABEL_SUFFIX, VIDEO_SUFFIX
+from avdag.core.landing import LABEL_SUFFIX, READY_MARKER, VIDEO_SUFFIX
 from avdag.core.synthetic import generate_sample_batch
 
 REAL_CLIP_DIR = Path(__file__).resolve().parent / "sample_data" / "real"
@@ -14,9 +14,10 @@ REAL_CLIP_ID = "solidWhiteRight"
 
 
 def write_sample_batch(landing_root: Path, batch: str, n_synthetic: int, seed: int = 0) -> list[str]:
-    """Write `n_synthetic` synthetic clips and the real clip into `<landing_root>/<batch>/`."""
+    """Write `n_synthetic` synthetic clips and the real clip into `<landing_root>/<batch>/`, then `_READY`."""
     ids = generate_sample_batch(landing_root, batch, n_synthetic, seed=seed)
     copy_real_clip(landing_root / batch)
+    (landing_root / batch / READY_MARKER).touch()
     return ids + [REAL_CLIP_ID]
 
 

@@ -2,8 +2,6 @@
 a broken video and a malformed label) into a Dagster instance, then check what landed."""
 
 import json
-import shutil
-
 import dagster as dg
 import pandas as pd
 import pytest
@@ -18,6 +16,7 @@ from avdag.resources.judge import OpenAIJudgeResource
 from avdag.resources.storage import LandingZoneResource
 from avdag.resources.trainer import EmbeddedTrainerResource
 from avdag.sample_batch import REAL_CLIP_ID, write_sample_batch
+from avdag_tests.media import unique_copy
 from avdag_tests.openai_stub_server import OpenAIStubServer
 
 BATCH = "batch-e2e"
@@ -46,7 +45,8 @@ def landing(tmp_path_factory):
     ids = write_sample_batch(root, BATCH, n_synthetic=5, seed=0)
     batch_dir = root / BATCH
     (batch_dir / "videos" / "broken.camera_front_wide_120fov.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
-    shutil.copy(batch_dir / "videos" / f"{ids[0]}.camera_front_wide_120fov.mp4", batch_dir / "videos" / "badlabel.camera_front_wide_120fov.mp4")
+    source = (batch_dir / "videos" / f"{ids[0]}.camera_front_wide_120fov.mp4").read_bytes()
+    (batch_dir / "videos" / "badlabel.camera_front_wide_120fov.mp4").write_bytes(unique_copy(source, "badlabel"))
     (batch_dir / "metas" / "badlabel.label.json").write_text('{"weather": "Sunny-ish", ')
     return root, ids
 

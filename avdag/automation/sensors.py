@@ -1,30 +1,30 @@
-"""The upload sensor: a new batch folder in the landing zone becomes a partition and a run."""
-
-import json
+"""The upload sensor: a new (or changed) ready batch becomes a partition and a pipeline run."""
 
 import dagster as dg
 
 from avdag.automation.jobs import batch_pipeline_job
 from avdag.automation.partitions import clip_batches
+from avdag.core.upload_watch import plan_tick
 from avdag.resources.storage import LandingZoneResource
 
 MAX_BATCHES_PER_TICK = 5
+RECHECK_PER_TICK = 20
 
 
 @dg.sensor(job=batch_pipeline_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.STOPPED)
 def landing_zone_sensor(context: dg.SensorEvaluationContext, landing_zone: LandingZoneResource):
-    """Adds one `clip_batches` partition per new batch folder and requests its pipeline run.
+    """Adds a `clip_batches` partition per new ready batch and requests its run.
 
-    The cursor remembers the batches already launched; run keys are the batch names, so a
-    retried tick never launches the same batch twice. At most MAX_BATCHES_PER_TICK per tick.
+    Run keys are `<batch>:<content fingerprint>`: a retried tick, a reset cursor or an
+    identical re-upload never runs a batch twice, while changed content runs again.
     """
-    seen = set(json.loads(context.cursor)) if context.cursor else set()
-    new = [b for b in landing_zone.zone().list_batches() if b not in seen]
-    if not new:
-        return dg.SkipReason(f"no new batch folders ({len(seen)} already seen)")
-    launch = new[:MAX_BATCHES_PER_TICK]
+    plan = plan_tick(landing_zone.zone(), context.cursor, max_launches=MAX_BATCHES_PER_TICK, recheck=RECHECK_PER_TICK)
+    if not plan.launch:
+        return dg.SensorResult(skip_reason=f"nothing new: {plan.summary()}", cursor=plan.cursor())
+    context.log.info(f"launching {[b for b, _ in plan.launch]}; {plan.summary()}")
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=b, run_key=f"batch:{b}") for b in launch],
-        dynamic_partitions_requests=[clip_batches.build_add_request(launch)],
-        cursor=json.dumps(sorted(seen | set(launch))),
+        run_requests=[dg.RunRequest(partition_key=b, run_key=f"{b}:{fp[:16]}", tags={"avdag/batch_fingerprint": fp})
+                      for b, fp in plan.launch],
+        dynamic_partitions_requests=[clip_batches.build_add_request(plan.new_batches)] if plan.new_batches else [],
+        cursor=plan.cursor(),
     )

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from avdag.core.ingest import CLIP_COLUMNS, QuarantineRecord, ingest_batch
+from avdag_tests.media import unique_copy
 from avdag.core.landing import LABEL_SUFFIX, VIDEO_SUFFIX, BatchListing, LandingZone, is_safe_name
 
 REAL_LABEL_PATH = Path(__file__).resolve().parents[2] / "avdag/sample_data/real/solidWhiteRight.label.json"
@@ -60,7 +61,8 @@ class Batch:
         self.files: list[Path] = []
 
     def video(self, clip_id: str, data: bytes | None = None) -> Path:
-        return self._write(self.dir / "videos" / f"{clip_id}{VIDEO_SUFFIX}", self.clip if data is None else data)
+        """A video file; by default the shared clip made unique (dedup would merge byte copies)."""
+        return self._write(self.dir / "videos" / f"{clip_id}{VIDEO_SUFFIX}", unique_copy(self.clip, clip_id) if data is None else data)
 
     def label(self, clip_id: str, label) -> Path:
         text = label if isinstance(label, str) else json.dumps(label, ensure_ascii=False)
@@ -216,7 +218,7 @@ def test_read_bytes_and_local_copy_on_local_zone(landing, clip_bytes, cache_dir)
     batch = Batch(landing, BATCH, clip_bytes)
     path = batch.video("c1")
     zone = LandingZone(str(landing))
-    assert zone.read_bytes(str(path)) == clip_bytes
+    assert zone.read_bytes(str(path)) == path.read_bytes() == unique_copy(clip_bytes, "c1")
     assert zone.local_copy(str(path), cache_dir) == path
     assert not cache_dir.exists()  # local files are used in place, never copied
 
@@ -232,7 +234,6 @@ def test_every_input_file_is_accounted_for_exactly_once(mixed_batch, landing, ca
 def test_clip_rows(mixed_batch, landing, cache_dir, clip_bytes):
     _, _, clips, _ = run_ingest(landing, cache_dir)
     assert [clip["clip_id"] for clip in clips] == sorted(["good", "unlabelled", "hyphen", "badjson", "badweather"])
-    sha = hashlib.sha256(clip_bytes).hexdigest()
     for clip in clips:
         assert tuple(clip) == CLIP_COLUMNS
         video = mixed_batch.dir / "videos" / f"{clip['clip_id']}{VIDEO_SUFFIX}"
@@ -244,8 +245,8 @@ def test_clip_rows(mixed_batch, landing, cache_dir, clip_bytes):
         assert clip["num_frames"] == N_FRAMES
         assert clip["duration_s"] == pytest.approx(N_FRAMES / FPS, abs=0.15)
         assert clip["codec"] == "h264"
-        assert clip["size_bytes"] == len(clip_bytes)
-        assert clip["sha256"] == sha
+        assert clip["size_bytes"] == len(unique_copy(clip_bytes, clip["clip_id"]))
+        assert clip["sha256"] == hashlib.sha256(unique_copy(clip_bytes, clip["clip_id"])).hexdigest()
 
 
 def test_valid_label_is_stored_canonical(mixed_batch, landing, cache_dir, real_label):
