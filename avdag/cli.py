@@ -68,6 +68,7 @@ def _print_report() -> None:
                   f"(majority-class rate {_num(row['majority_rate'])}, n={row['n']})")
     print(f"\nchart: {avdag_home() / 'reports' / 'comparison.png'}")
     print(f"table: {report_path}")
+    print('search the labelled clips: .venv/bin/avdag search weather="Light rain" night   (see README)')
 
 
 def _num(value) -> str:
@@ -86,6 +87,25 @@ def demo(n_synthetic: int) -> int:
     return run_batch(DEMO_BATCH)
 
 
+def search(query: list[str], limit: int, where: str | None) -> int:
+    """Query the clip catalog with avdag's filter language (see `avdag search --help`)."""
+    from avdag.assets.catalog import CATALOG_FILE
+    from avdag.core.catalog import CatalogQueryError
+    from avdag.core.catalog import search as run_search
+
+    try:
+        rows = run_search(avdag_home() / CATALOG_FILE, " ".join(query), limit=limit, where_sql=where)
+    except (CatalogQueryError, FileNotFoundError) as exc:
+        print(f"avdag search: {exc}", file=sys.stderr)
+        return 2
+    if rows.empty:
+        print("no matching clips")
+    else:
+        print(rows.to_markdown(index=False))
+        print(f"\n{len(rows)} clip(s){' (limit reached)' if len(rows) == limit else ''}")
+    return 0
+
+
 def ui(port: int) -> int:
     """Open the Dagster UI on the same instance the demo wrote to."""
     _prepare_environment()
@@ -101,6 +121,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="synthetic clips besides the real one")
     p_run = sub.add_parser("run", help="run every asset for a batch already in the landing zone")
     p_run.add_argument("batch")
+    p_search = sub.add_parser(
+        "search",
+        help="find clips in the catalog",
+        description="Terms are ANDed: field=value, field~text, field>n, flags (pedestrians, night, interesting, "
+        "traffic_light, violation, labelled, unlabelled; prefix - to negate), or free words. "
+        "Example: avdag search weather=\"Light rain\" night pedestrians",
+    )
+    p_search.add_argument("query", nargs="*")
+    p_search.add_argument("--limit", type=int, default=20)
+    p_search.add_argument("--where", help="raw SQL WHERE fragment (trusted input), ANDed with the query")
     p_ui = sub.add_parser("ui", help="start the Dagster UI on $AVDAG_HOME")
     p_ui.add_argument("--port", type=int, default=3000)
     args = parser.parse_args(argv)
@@ -108,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         return demo(args.clips)
     if args.command == "run":
         return run_batch(args.batch)
+    if args.command == "search":
+        return search(args.query, args.limit, args.where)
     return ui(args.port)
 
 

@@ -9,8 +9,13 @@ import os
 
 import dagster as dg
 
-from avdag.assets import captions, ingest, judging, reports, splits, training
-from avdag.automation.checks import baseline_captions_check, finetuned_captions_check
+from avdag.assets import captions, catalog, ingest, judging, reports, splits, training
+from avdag.automation.checks import (
+    baseline_captions_check,
+    finetuned_captions_check,
+    no_train_eval_leak,
+    quarantine_counts,
+)
 from avdag.automation.jobs import batch_pipeline_job
 from avdag.automation.schedules import nightly_reprocess
 from avdag.automation.sensors import landing_zone_sensor
@@ -54,8 +59,8 @@ def build_resources() -> dict:
 
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([ingest, splits, captions, training, judging, reports]),
-    asset_checks=[baseline_captions_check, finetuned_captions_check],
+    assets=dg.load_assets_from_modules([ingest, splits, captions, training, judging, reports, catalog]),
+    asset_checks=[baseline_captions_check, finetuned_captions_check, no_train_eval_leak, quarantine_counts],
     jobs=[batch_pipeline_job],
     sensors=[landing_zone_sensor],
     schedules=[nightly_reprocess],

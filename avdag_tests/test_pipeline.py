@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from safetensors import safe_open
 
-from avdag.automation.checks import baseline_captions_check, finetuned_captions_check
+from avdag.automation.checks import baseline_captions_check, finetuned_captions_check, no_train_eval_leak, quarantine_counts
 from avdag.automation.partitions import clip_batches
 from avdag.core.splits import split_for
 from avdag.definitions import build_resources, defs
@@ -21,7 +21,7 @@ from avdag_tests.openai_stub_server import OpenAIStubServer
 
 BATCH = "batch-e2e"
 EVAL_FRACTION = 0.5
-ALL_ASSETS = list(defs.assets) + [baseline_captions_check, finetuned_captions_check]
+ALL_ASSETS = list(defs.assets) + [baseline_captions_check, finetuned_captions_check, no_train_eval_leak, quarantine_counts]
 
 
 def _resources(landing, **overrides):
@@ -66,11 +66,15 @@ def test_every_asset_materialized(pipeline_run):
     assert result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert materialized == {
-        "raw_clips", "clip_quarantine", "clip_splits", "baseline_captions", "sft_checkpoint",
-        "finetuned_captions", "baseline_judge_scores", "finetuned_judge_scores", "score_comparison",
+        "raw_clips", "clip_quarantine", "clip_splits", "split_manifest", "baseline_captions", "sft_checkpoint",
+        "finetuned_captions", "baseline_judge_scores", "finetuned_judge_scores", "score_comparison", "clip_catalog",
     }
-    checks = {e.asset_check_key.name for e in result.get_asset_check_evaluations()}
-    assert checks == {"captions_parse_with_all_fields"} and len(result.get_asset_check_evaluations()) == 2
+    checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
+    assert set(checks) == {
+        ("baseline_captions", "captions_parse_with_all_fields"), ("finetuned_captions", "captions_parse_with_all_fields"),
+        ("split_manifest", "no_train_eval_leak"), ("clip_quarantine", "quarantine_counts"),
+    }
+    assert checks[("split_manifest", "no_train_eval_leak")] is True
 
 
 def test_bad_inputs_are_quarantined_and_the_batch_goes_on(pipeline_run):
@@ -186,3 +190,27 @@ def test_openai_judge_resource_through_the_real_client(pipeline_run, landing, mo
     assert (judged["score"] == 4).all()
     assert judged["judge_id"].str.startswith("openai:judge-test@http://127.0.0.1").all()
     assert scores.loc[scores["model_answer"].isna(), "score"].isna().all()
+
+
+def test_catalog_answers_searches_over_the_batch(pipeline_run, avdag_home):
+    from avdag.core.catalog import search
+
+    result, _, ids = pipeline_run
+    db = avdag_home / "catalog.duckdb"
+    everything = search(db, "", limit=None)
+    assert set(everything["clip_id"]) == set(ids) | {"badlabel"}
+    labels = {c: json.loads(l) for c, l in result.output_for_node("raw_clips", "raw_clips")[["clip_id", "label_json"]].dropna().values}
+    weather = labels[REAL_CLIP_ID]["weather"]
+    expected = {c for c, label in labels.items() if label["weather"] == weather}
+    assert set(search(db, f'weather="{weather}"', limit=None)["clip_id"]) == expected
+    assert set(search(db, "unlabelled", limit=None)["clip_id"]) == {"badlabel"}
+
+
+def test_cli_search_prints_matches(pipeline_run, capsys):
+    from avdag.cli import main
+
+    assert main(["search", f"clip_id={REAL_CLIP_ID}"]) == 0
+    out = capsys.readouterr().out
+    assert REAL_CLIP_ID in out and "1 clip(s)" in out
+    assert main(["search", "colour=blue"]) == 2
+    assert "colour" in capsys.readouterr().err

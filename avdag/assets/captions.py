@@ -5,7 +5,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from avdag.automation.partitions import clip_batches
+from avdag.automation.partitions import FOLLOW_NEW_CLIPS, clip_batches
 from avdag.core.caption_batch import caption_clips
 from avdag.resources.captioner import CaptionerResource
 from avdag.resources.storage import ArtifactStoreResource
@@ -31,7 +31,7 @@ def _run_captioning(context, captioner: CaptionerResource, artifacts: ArtifactSt
     return dg.Output(frame, metadata=_caption_metadata(frame))
 
 
-@dg.asset(partitions_def=clip_batches, io_manager_key="parquet_io", group_name="captions")
+@dg.asset(partitions_def=clip_batches, io_manager_key="parquet_io", automation_condition=FOLLOW_NEW_CLIPS, group_name="captions")
 def baseline_captions(
     context: dg.AssetExecutionContext, raw_clips: pd.DataFrame, captioner: CaptionerResource, artifacts: ArtifactStoreResource
 ) -> dg.Output[pd.DataFrame]:

@@ -17,13 +17,12 @@ from avdag.resources.trainer import SftTrainerResource
 
 
 
-def train_examples(raw_clips: dict[str, pd.DataFrame], clip_splits: dict[str, pd.DataFrame], prompts, settings) -> list[SftExample]:
+def train_examples(raw_clips: dict[str, pd.DataFrame], split_manifest: pd.DataFrame, prompts, settings) -> list[SftExample]:
     """Conversations for every train-split clip across batches, in a stable order."""
     examples = []
     for batch in sorted(raw_clips):
-        if batch not in clip_splits:
-            continue
-        clips = raw_clips[batch].merge(clip_splits[batch][["clip_id", "split"]], on="clip_id")
+        sides = split_manifest.loc[split_manifest["batch"] == batch, ["clip_id", "split"]]
+        clips = raw_clips[batch].merge(sides, on="clip_id")
         for clip in clips[clips["split"] == "train"].sort_values("clip_id").itertuples(index=False):
             messages = sft_messages(prompts.system_prompt, prompts.user_prompt, clip.local_path, json.loads(clip.label_json),
                                     fps=settings.fps, max_pixels=settings.max_pixels)
@@ -38,14 +37,14 @@ def _checkpoint_id(base_hash: str, settings: dict, examples: list[SftExample], p
 
 
 @dg.asset(
-    ins={"raw_clips": dg.AssetIn(metadata=ALL_PARTITIONS), "clip_splits": dg.AssetIn(metadata=ALL_PARTITIONS)},
+    ins={"raw_clips": dg.AssetIn(metadata=ALL_PARTITIONS)},
     io_manager_key="json_io",
     group_name="training",
 )
 def sft_checkpoint(
     context: dg.AssetExecutionContext,
     raw_clips: dict,
-    clip_splits: dict,
+    split_manifest: pd.DataFrame,
     captioner: CaptionerResource,
     trainer: SftTrainerResource,
     artifacts: ArtifactStoreResource,
@@ -53,7 +52,7 @@ def sft_checkpoint(
     """SFT on the train split: loss on assistant tokens only; safetensors + processor saved."""
     prompts = captioner.prompts()
     settings = trainer.settings()
-    examples = train_examples(raw_clips, clip_splits, prompts, settings)
+    examples = train_examples(raw_clips, split_manifest, prompts, settings)
     base_model = captioner.base_model_path()
     base_hash = model_fingerprint(base_model)
     checkpoint_id = _checkpoint_id(base_hash, settings.as_dict(), examples, prompts.caption_hash)

@@ -29,3 +29,28 @@ def _captions_parse_check(asset_key: str) -> dg.AssetChecksDefinition:
 
 baseline_captions_check = _captions_parse_check("baseline_captions")
 finetuned_captions_check = _captions_parse_check("finetuned_captions")
+
+
+@dg.asset_check(
+    asset="split_manifest",
+    blocking=True,
+    description="No clip id or content hash is on both the train and the eval side; training waits for this.",
+)
+def no_train_eval_leak(split_manifest: pd.DataFrame) -> dg.AssetCheckResult:
+    from avdag.core.splits import leaks
+
+    found = leaks(split_manifest)
+    return dg.AssetCheckResult(
+        passed=not found,
+        metadata={"leaks": len(found), "examples": dg.MetadataValue.md("\n".join(f"- {x}" for x in found[:20]) or "none")},
+    )
+
+
+@dg.asset_check(asset="clip_quarantine", description="How many files each ingest check rejected in this batch.")
+def quarantine_counts(clip_quarantine: pd.DataFrame) -> dg.AssetCheckResult:
+    counts = clip_quarantine["check"].value_counts()
+    return dg.AssetCheckResult(
+        passed=True,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"quarantined": len(clip_quarantine), **{check: int(n) for check, n in counts.items()}},
+    )

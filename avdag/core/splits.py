@@ -20,3 +20,12 @@ def split_for(clip_id: str, eval_fraction: float = EVAL_FRACTION) -> str:
 def assign_splits(clip_ids_with_label: list[tuple[str, bool]], eval_fraction: float = EVAL_FRACTION) -> dict[str, str]:
     """clip id -> 'train' | 'eval' | 'unlabelled' (unlabelled clips are captioned, never trained on)."""
     return {cid: split_for(cid, eval_fraction) if labelled else "unlabelled" for cid, labelled in clip_ids_with_label}
+
+
+def leaks(manifest) -> list[str]:
+    """Clip ids or content hashes found on both the train and the eval side (must be empty)."""
+    found = []
+    for key in ("clip_id", "sha256"):
+        sides = manifest[manifest["split"].isin(["train", "eval"])].groupby(key)["split"].nunique()
+        found += [f"{key} {value}" for value in sides[sides > 1].index]
+    return found
