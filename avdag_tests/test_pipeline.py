@@ -7,36 +7,20 @@ import pandas as pd
 import pytest
 from safetensors import safe_open
 
-from avdag.automation.checks import baseline_captions_check, finetuned_captions_check, no_train_eval_leak, quarantine_counts
 from avdag.automation.partitions import clip_batches
 from avdag.core.splits import split_for
-from avdag.definitions import build_resources, defs
-from avdag.resources.captioner import CaptionerResource
+from avdag.definitions import defs
 from avdag.resources.judge import OpenAIJudgeResource
-from avdag.resources.storage import LandingZoneResource
-from avdag.resources.trainer import EmbeddedTrainerResource
 from avdag.sample_batch import REAL_CLIP_ID, write_sample_batch
 from avdag_tests.media import unique_copy
+from avdag_tests.pipeline_helpers import ALL_ASSETS, EVAL_FRACTION, small_resources, small_run_config
 from avdag_tests.openai_stub_server import OpenAIStubServer
 
 BATCH = "batch-e2e"
-EVAL_FRACTION = 0.5
-ALL_ASSETS = list(defs.assets) + [baseline_captions_check, finetuned_captions_check, no_train_eval_leak, quarantine_counts]
 
 
 def _resources(landing, **overrides):
-    resources = build_resources()
-    resources.update(
-        landing_zone=LandingZoneResource(url=str(landing)),
-        captioner=CaptionerResource(max_new_tokens=48),
-        trainer=EmbeddedTrainerResource(steps=3, batch_size=1, warmup_steps=1),
-    )
-    resources.update(overrides)
-    return resources
-
-
-def _run_config():
-    return {"ops": {"clip_splits": {"config": {"eval_fraction": EVAL_FRACTION}}}}
+    return small_resources(str(landing), **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +41,7 @@ def pipeline_run(landing, tiny_model_path):
     instance = dg.DagsterInstance.get()
     instance.add_dynamic_partitions(clip_batches.name, [BATCH])
     result = dg.materialize(ALL_ASSETS, partition_key=BATCH, resources=_resources(root), instance=instance,
-                            run_config=_run_config(), raise_on_error=True)
+                            run_config=small_run_config(), raise_on_error=True)
     return result, instance, ids
 
 

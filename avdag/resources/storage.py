@@ -19,9 +19,13 @@ class LandingZoneResource(dg.ConfigurableResource):
 
     def zone(self) -> LandingZone:
         url = self.url or default_landing_url()
-        options = {}
-        if url.startswith("s3://") and self.s3_endpoint_url:
-            options["client_kwargs"] = {"endpoint_url": self.s3_endpoint_url}
+        options: dict = {}
+        if url.startswith("s3://"):
+            # A sensor lives for days: s3fs's shared instance and listing cache would hide new
+            # batches and re-written markers from later ticks.
+            options.update(skip_instance_cache=True, use_listings_cache=False)
+            if self.s3_endpoint_url:
+                options["client_kwargs"] = {"endpoint_url": self.s3_endpoint_url}
         return LandingZone(url, options)
 
 
