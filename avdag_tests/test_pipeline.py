@@ -11,6 +11,7 @@ from avdag.automation.partitions import clip_batches
 from avdag.core.splits import split_for
 from avdag.definitions import defs
 from avdag.resources.judge import OpenAIJudgeResource
+from avdag.resources.registry import ClipRegistryResource
 from avdag.sample_batch import REAL_CLIP_ID, write_sample_batch
 from avdag_tests.media import unique_copy
 from avdag_tests.pipeline_helpers import ALL_ASSETS, EVAL_FRACTION, small_resources, small_run_config
@@ -20,7 +21,8 @@ BATCH = "batch-e2e"
 
 
 def _resources(landing, **overrides):
-    return small_resources(str(landing), **overrides)
+    registry = ClipRegistryResource(path=str(landing / "_registry.sqlite"))  # this module's own dedup state
+    return small_resources(str(landing), clip_registry=registry, **overrides)
 
 
 @pytest.fixture(scope="module")

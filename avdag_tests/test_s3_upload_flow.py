@@ -8,6 +8,7 @@ import pytest
 
 from avdag.automation.partitions import clip_batches
 from avdag.automation.sensors import landing_zone_sensor
+from avdag.resources.registry import ClipRegistryResource
 from avdag.resources.storage import LandingZoneResource
 from avdag.sample_batch import REAL_CLIP_ID, write_sample_batch
 from avdag_tests.pipeline_helpers import ALL_ASSETS, small_resources, small_run_config
@@ -15,6 +16,12 @@ from avdag_tests.s3_server import s3  # noqa: F401  (module fixture)
 
 BUCKET = "fleet-uploads"
 LANDING = f"s3://{BUCKET}/landing"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """This module's own dedup registry: other test modules ingest the same sample footage."""
+    return ClipRegistryResource(path=str(tmp_path_factory.mktemp("registry") / "registry.sqlite"))
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +43,7 @@ def _upload_without_marker(s3, local_dir, batch):
 
 
 @pytest.fixture(scope="module")
-def flow(s3, local_batch):
+def flow(s3, local_batch, registry):
     """Upload one batch in two steps, tick the sensor, and run what it asked for."""
     batch_dir, ids = local_batch
     s3.make_bucket(BUCKET)
@@ -50,7 +57,7 @@ def flow(s3, local_batch):
     (run_request,) = ready.run_requests
     result = dg.materialize(
         ALL_ASSETS, partition_key=run_request.partition_key, instance=instance, run_config=small_run_config(),
-        resources=small_resources(LANDING, s3_endpoint_url=s3.endpoint_url),
+        resources=small_resources(LANDING, s3_endpoint_url=s3.endpoint_url, clip_registry=registry),
     )
     return {"waiting": waiting, "ready": ready, "result": result, "ids": ids, "instance": instance, "batch_dir": batch_dir}
 
@@ -88,7 +95,7 @@ def test_cursor_survives_a_new_sensor_context(flow, s3):
     assert "1 batches known" in again.skip_reason.skip_message
 
 
-def test_duplicate_upload_adds_nothing(flow, s3):
+def test_duplicate_upload_adds_nothing(flow, s3, registry):
     """The same footage re-uploaded under another batch name: a new partition, but no new clip."""
     s3.upload_dir(flow["batch_dir"], f"{BUCKET}/landing/drive-0001-copy")
     tick = _tick(s3, cursor=flow["ready"].cursor)
@@ -96,7 +103,7 @@ def test_duplicate_upload_adds_nothing(flow, s3):
     instance = flow["instance"]
     instance.add_dynamic_partitions(clip_batches.name, ["drive-0001-copy"])
     run = dg.materialize(ALL_ASSETS, selection=["raw_clips", "clip_quarantine"], partition_key="drive-0001-copy",
-                         instance=instance, resources=small_resources(LANDING, s3_endpoint_url=s3.endpoint_url))
+                         instance=instance, resources=small_resources(LANDING, s3_endpoint_url=s3.endpoint_url, clip_registry=registry))
     assert run.output_for_node("raw_clips", "raw_clips").empty
     quarantine = run.output_for_node("raw_clips", "clip_quarantine")
     videos = quarantine[quarantine["file"].str.contains("/videos/")]

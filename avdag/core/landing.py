@@ -126,7 +126,7 @@ class LandingZone:
                 listing.videos[name[: -len(VIDEO_SUFFIX)]] = url
             elif rel == f"metas/{name}" and name.endswith(LABEL_SUFFIX):
                 listing.labels[name[: -len(LABEL_SUFFIX)]] = url
-            elif not name.startswith("_"):  # markers (_READY, _SUCCESS, ...) are not data
+            elif not (rel == name and name.startswith("_")):  # batch-root markers (_READY, _SUCCESS) are not data
                 listing.unrecognized[url] = (
                     f"not a <id>{VIDEO_SUFFIX} directly under videos/ nor a <id>{LABEL_SUFFIX} directly under metas/"
                 )
@@ -148,15 +148,19 @@ class LandingZone:
     def local_copy(self, url: str, cache_dir: Path) -> Path:
         """A local file for `url`: the file itself when local, else a cached download.
 
-        The cache name is a hash of the URL, so no object key (spaces, '..', absolute paths,
-        unicode) can place a file outside `cache_dir`.
+        The cache name is a hash of the URL and the object's ETag, so no object key (spaces, '..',
+        absolute paths, unicode) can place a file outside `cache_dir`, and new bytes are never
+        shadowed by an old download.
         """
         if self.is_local:
             return Path(url)
         key = url.split("://", 1)[1]
-        digest = hashlib.sha256(url.encode("utf-8")).hexdigest()
+        info = self.fs.info(key)
+        size = int(info.get("size") or 0)
+        # Keyed by URL and content tag: a re-upload with new bytes (even of the same size) is fetched anew.
+        identity = f"{url}\n{info.get('ETag') or info.get('LastModified') or ''}\n{size}"
+        digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()
         target = cache_dir / digest[:2] / (digest + PurePosixPath(key).suffix[:16])
-        size = self.fs.size(key)
         if not (target.exists() and target.stat().st_size == size):
             with atomic_path(target) as tmp:
                 self.fs.get_file(key, str(tmp))

@@ -112,7 +112,7 @@ def mixed_batch(landing, clip_bytes, real_label) -> Batch:
     batch.label("orphan", real_label)
     batch.other("videos/readme.txt")
     batch.other("_READY", b"", tracked=False)
-    batch.other("metas/_SUCCESS", b"", tracked=False)
+    batch.other("_SUCCESS", b"", tracked=False)
     return batch
 
 
@@ -171,14 +171,15 @@ def test_list_batch_sorts_files_into_videos_labels_and_unrecognized(mixed_batch,
     assert VIDEO_SUFFIX in listing.unrecognized[str(videos_dir / "readme.txt")]
 
 
-def test_underscore_markers_are_ignored(landing, clip_bytes):
+def test_batch_root_markers_are_ignored_but_underscore_files_deeper_are_not(landing, clip_bytes):
     batch = Batch(landing, BATCH, clip_bytes)
     batch.video("c1")
     batch.other("_READY", b"", tracked=False)
-    batch.other("videos/_SUCCESS", b"", tracked=False)
+    batch.other("_SUCCESS", b"", tracked=False)
+    deeper = batch.other("videos/_SUCCESS", b"")
     zone, listing, clips, quarantine = run_ingest(landing, Path("/nonexistent-cache"))
-    assert listing.unrecognized == {}
-    assert quarantine == []
+    assert list(listing.unrecognized) == [str(deeper)]
+    assert [(q.file, q.check) for q in quarantine] == [(str(deeper), "layout")]
     assert [clip["clip_id"] for clip in clips] == ["c1"]
 
 
