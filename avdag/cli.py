@@ -68,7 +68,7 @@ def _print_report() -> None:
                   f"(majority-class rate {_num(row['majority_rate'])}, n={row['n']})")
     print(f"\nchart: {avdag_home() / 'reports' / 'comparison.png'}")
     print(f"table: {report_path}")
-    print('search the labelled clips: .venv/bin/avdag search weather="Light rain" night   (see README)')
+    print('search the clips: .venv/bin/avdag search weather="Light rain" night   (more in the README)')
 
 
 def _num(value) -> str:
@@ -133,7 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     p_search.add_argument("--where", help="raw SQL WHERE fragment (trusted input), ANDed with the query")
     p_ui = sub.add_parser("ui", help="start the Dagster UI on $AVDAG_HOME")
     p_ui.add_argument("--port", type=int, default=3000)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "search":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "search":  # '-flag' negates a search term; it is not an option
+        unknown = [term for term in extra if term.startswith("--")]
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.query += extra
     if args.command == "demo":
         return demo(args.clips)
     if args.command == "run":

@@ -200,3 +200,11 @@ def test_cli_search_prints_matches(pipeline_run, capsys):
     assert REAL_CLIP_ID in out and "1 clip(s)" in out
     assert main(["search", "colour=blue"]) == 2
     assert "colour" in capsys.readouterr().err
+
+
+def test_cli_search_accepts_negated_terms(pipeline_run, capsys):
+    from avdag.cli import main
+
+    assert main(["search", "-unlabelled", "--limit", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "badlabel" not in out and REAL_CLIP_ID in out
