@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test ui install clean
+.PHONY: demo test ui bench install clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: $(VENV)/.installed
 ## Open the Dagster UI on the demo's instance (http://127.0.0.1:3000).
 ui: $(VENV)/.installed
 	$(PY) -m avdag.cli ui
+
+## Benchmarks: side-by-side ratios, printed (never asserted in tests).
+bench: $(VENV)/.installed
+	$(PY) -m avdag_tests.bench.bench_ingest
 
 clean:
 	rm -rf $(AVDAG_HOME)

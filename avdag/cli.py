@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         help="find clips in the catalog",
         description="Terms are ANDed: field=value, field~text, field>n, flags (pedestrians, night, interesting, "
         "traffic_light, violation, labelled, unlabelled; prefix - to negate), or free words. "
-        "Example: avdag search weather=\"Light rain\" night pedestrians",
+        "Example: avdag search weather=\"Light rain\" night -interesting",
     )
     p_search.add_argument("query", nargs="*")
     p_search.add_argument("--limit", type=int, default=20)

@@ -68,14 +68,20 @@ class LandingZone:
 
     def list_batches(self) -> list[str]:
         """Batch folder names directly under the root, sorted (one shallow listing; no clip is listed)."""
-        if not self.fs.exists(self.root):
+        try:
+            entries = self.fs.ls(self.root, detail=True)
+        except FileNotFoundError:
             return []
-        names = [Path(p.rstrip("/")).name for p in self.fs.ls(self.root, detail=False) if self.fs.isdir(p)]
+        names = [Path(e["name"].rstrip("/")).name for e in entries if e.get("type") == "directory"]
         return sorted(n for n in names if is_safe_name(n))
 
-    def marker_signature(self, batch: str) -> str | None:
-        """Identity of the batch's completion marker (name, size, ETag or mtime), or None if not ready."""
-        for marker in MARKERS:
+    def marker_signature(self, batch: str, expected: str | None = None) -> str | None:
+        """Identity of the batch's completion marker (name, size, ETag or mtime), or None if not ready.
+
+        `expected` (a previous signature) names the marker to try first: one request when it exists.
+        """
+        hinted = expected.split(":", 1)[0] if expected else None
+        for marker in sorted(MARKERS, key=lambda m: m != hinted):
             try:
                 info = self.fs.info(f"{self.root}/{batch}/{marker}")
             except FileNotFoundError:

@@ -1,9 +1,9 @@
 """Decide, tick by tick, which landing-zone batches to (re)process.
 
 Work per tick is bounded and independent of how much footage is already ingested: one shallow
-listing of batch folder names, a marker check for each batch not seen yet, and a round-robin
-re-check of at most `recheck` seen batches (a re-upload announces itself by re-writing its
-marker). A batch is launched under its content fingerprint, so an identical re-upload is a no-op
+listing of batch folder names and a marker check for each batch not seen yet. Ticks that find
+nothing new spend their budget on a round-robin re-check of at most `recheck` seen batches,
+one marker request each (a re-upload announces itself by re-writing its marker). A batch is launched under its content fingerprint, so an identical re-upload is a no-op
 and a changed one is reprocessed. The state is plain JSON: it lives in the sensor cursor.
 """
 
@@ -60,7 +60,8 @@ def plan_tick(zone: LandingZone, cursor: str | None, *, max_launches: int = 5, r
             seen[batch] = {"marker": signature, "fingerprint": fingerprint}
             plan.launch.append((batch, fingerprint))
             plan.new_batches.append(batch)
-    _recheck_seen(zone, plan, seen, state, max_launches, recheck)
+    if not plan.launch:  # new uploads first: re-checks wait for a quiet tick
+        _recheck_seen(zone, plan, seen, state, max_launches, recheck)
     return plan
 
 
@@ -74,7 +75,7 @@ def _recheck_seen(zone: LandingZone, plan: TickPlan, seen: dict, state: dict, ma
     for batch in window:
         if len(plan.launch) >= max_launches:
             break
-        signature = zone.marker_signature(batch)
+        signature = zone.marker_signature(batch, expected=seen[batch]["marker"])
         if signature is None or signature == seen[batch]["marker"]:
             continue
         fingerprint = zone.batch_fingerprint(batch)

@@ -1,0 +1,125 @@
+"""Smoke test of the ingest benchmark on tiny sizes: report structure and deterministic counts.
+
+No timing is asserted. The counts are deterministic (every measured tick makes the same calls), so
+they can be compared exactly across history sizes.
+"""
+
+import json
+
+import pytest
+
+from avdag_tests.bench import bench_ingest as bench
+
+HISTORY = (5, 20)  # clips already ingested; one clip per batch -> 5 vs 20 known batches
+RECHECK = 2  # re-check window full at both sizes, so it cannot explain a difference
+NEW_CLIPS = 3
+
+
+def _sensor(backend):
+    try:
+        sensor = bench.bench_sensor(backend, HISTORY, clips_per_batch=1, new_batch_clips=NEW_CLIPS, repeats=2,
+                                    naive_repeats=1, max_launches=5, recheck=RECHECK)
+    finally:
+        backend.close()
+    return bench.add_ratios(sensor)
+
+
+@pytest.fixture(scope="module")
+def sensors():
+    pytest.importorskip("moto.server")
+    return {"local": _sensor(bench.LocalBackend()), "s3": _sensor(bench.S3Backend())}
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory):
+    clips = bench.make_probe_clips(tmp_path_factory.mktemp("probe"), 2, seed=0)
+    return bench.bench_probe(clips, repeats=1)
+
+
+BACKENDS = ("local", "s3")
+
+
+def _rows(sensors, backend):
+    small, large = sensors[backend]["rows"]
+    return small, large
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sensor_report_structure(sensors, backend):
+    sensor = sensors[backend]
+    assert sensor["backend"] == backend and sensor["recheck"] == RECHECK
+    assert [r["history_clips"] for r in sensor["rows"]] == list(HISTORY)
+    for row in sensor["rows"]:
+        assert row["history_batches"] == row["history_clips"]
+        assert row["recheck_window"] == RECHECK
+        assert row["counts_stable"], "two identical ticks made different calls"
+        assert row["tick_ms_median"] > 0 and len(row["tick_ms_all"]) == 2 and row["naive_ms_median"] > 0
+        assert row["fs_calls"] == sum(row["fs_calls_by_method"].values()) == sum(row["fs_calls_by_scope"].values())
+        assert row["objects_inspected"] == row["entries_listed"] + row["paths_probed"]
+        assert row["fs_calls_by_scope"].get("new", 0) > 0, "the new batch was never looked at"
+        if backend == "s3":
+            assert row["s3_requests"] >= row["fs_calls"] and row["backend_list_baseline_ms"] > 0
+    assert set(sensor["ratios"]) == {"last_vs_first"}
+    assert isinstance(sensor["within_20_percent_goal"], bool)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_naive_listing_grows_with_history(sensors, backend):
+    for row in _rows(sensors, backend):
+        # every clip + one _READY per batch, history and new batch alike
+        assert row["naive_entries"] == row["history_clips"] + row["history_batches"] + NEW_CLIPS + 1
+    small, large = _rows(sensors, backend)
+    assert large["naive_entries"] > small["naive_entries"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_clip_history_inside_a_batch_costs_nothing(backend, tmp_path):
+    """More clips in the same number of batches: the tick makes exactly the same calls."""
+    if backend == "s3":
+        pytest.importorskip("moto.server")
+    store = bench.LocalBackend() if backend == "local" else bench.S3Backend()
+    try:
+        rows = [bench.measure_history(store, clips, clips_per_batch=clips, new_batch_clips=NEW_CLIPS, repeats=1,
+                                      naive_repeats=1, max_launches=5, recheck=RECHECK) for clips in HISTORY]
+    finally:
+        store.close()
+    keys = ("fs_calls_by_method_scope", "entries_listed", "paths_probed") + (("s3_requests",) if backend == "s3" else ())
+    assert [rows[0][k] for k in keys] == [rows[1][k] for k in keys]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_new_batch_tick_touches_no_ingested_batch(sensors, backend):
+    """A tick that finds a new batch never calls into already-ingested batches.
+
+    The root listing itself returns one entry per known batch (the documented "one shallow listing
+    of batch folder names"); that is one call whatever the history, and its entry count is checked.
+    """
+    small, large = _rows(sensors, backend)
+    for row in (small, large):
+        assert not [k for k in row["fs_calls_by_method_scope"] if k.endswith("@known")]
+        assert row["entries_listed"] == (row["history_batches"] + 1) + (NEW_CLIPS + 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_avdag_tick_makes_the_same_calls_whatever_the_history(sensors, backend):
+    small, large = _rows(sensors, backend)
+    assert small["fs_calls"] == large["fs_calls"]
+    assert small["paths_probed"] == large["paths_probed"]
+
+
+def test_probe_report(probe):
+    assert probe["clips"] == 3 and probe["repeats"] == 1
+    assert probe["frame_counts_agree"], probe["disagreements"]
+    assert probe["real_clip_frames"] > 0
+    for name in ("avdag_probe_video", "naive_full_decode"):
+        assert probe[name]["clips_per_s"] > 0 and probe[name]["real_clip_ms"] > 0
+    assert probe["speedup"] > 0
+
+
+def test_formatted_report_and_json(sensors, probe):
+    report = {"sensor": [sensors["local"], sensors["s3"]], "probe": probe}
+    text = bench.format_report(report)
+    for needle in ("history=5", "history=20", "local  avdag tick", "s3     avdag tick", "S3 requests per tick",
+                   "naive full listing", "avdag probe_video", "naive full decode", "speedup x"):
+        assert needle in text
+    assert json.loads(json.dumps(report, default=str))["sensor"][1]["backend"] == "s3"
