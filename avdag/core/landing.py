@@ -41,8 +41,10 @@ class ManifestError(ValueError):
     """A batch's _MANIFEST.json cannot be read; the message names the file."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class BatchListing:
+    """What one batch folder holds, sorted into videos, labels and everything else."""
+
     batch: str
     videos: dict[str, str] = field(default_factory=dict)  # clip id -> URL
     labels: dict[str, str] = field(default_factory=dict)  # clip id -> URL
@@ -127,7 +129,10 @@ class LandingZone:
             url = self._url(path)
             listing.sizes[url] = int(info.get("size") or 0)
             if rel == MANIFEST_MARKER:
-                object.__setattr__(listing, "manifest", self._read_manifest(path))
+                try:
+                    listing.manifest = self._read_manifest(path)
+                except ManifestError as exc:  # quarantined; the batch goes on unverified
+                    listing.unrecognized[url] = str(exc)
             elif rel == f"videos/{name}" and name.endswith(VIDEO_SUFFIX):
                 listing.videos[name[: -len(VIDEO_SUFFIX)]] = url
             elif rel == f"metas/{name}" and name.endswith(LABEL_SUFFIX):

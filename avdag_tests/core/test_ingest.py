@@ -407,3 +407,29 @@ def test_batch_folder_contents_untouched_by_ingest(mixed_batch, landing, cache_d
     after = {p: p.read_bytes() for p in mixed_batch.dir.rglob("*") if p.is_file()}
     assert after == before
     shutil.rmtree(mixed_batch.dir)  # nothing holds the files open
+
+
+def test_manifest_verifies_sizes_and_reports_missing_files(landing, clip_bytes, cache_dir):
+    batch = Batch(landing, BATCH, clip_bytes)
+    ok, short = batch.video("ok"), batch.video("short")
+    entries = [
+        {"path": f"videos/ok{VIDEO_SUFFIX}", "size": ok.stat().st_size},
+        {"path": f"videos/short{VIDEO_SUFFIX}", "size": short.stat().st_size + 10},
+        {"path": f"videos/lost{VIDEO_SUFFIX}", "size": 5},
+    ]
+    batch.other("_MANIFEST.json", json.dumps({"files": entries}).encode(), tracked=False)
+    _, _, clips, quarantine = run_ingest(landing, cache_dir)
+    assert [c["clip_id"] for c in clips] == ["ok"]
+    found = {(Path(q.file).name, q.check): q.reason for q in quarantine}
+    assert "incomplete upload" in found[(f"short{VIDEO_SUFFIX}", "manifest")]
+    assert "missing" in found[(f"lost{VIDEO_SUFFIX}", "manifest")]
+
+
+def test_malformed_manifest_is_quarantined_and_the_batch_goes_on(landing, clip_bytes, cache_dir):
+    batch = Batch(landing, BATCH, clip_bytes)
+    batch.video("c1")
+    manifest = batch.other("_MANIFEST.json", b"{not json", tracked=False)
+    _, _, clips, quarantine = run_ingest(landing, cache_dir)
+    assert [c["clip_id"] for c in clips] == ["c1"]
+    assert [(q.file, q.check) for q in quarantine] == [(str(manifest), "layout")]
+    assert "malformed manifest" in quarantine[0].reason
