@@ -4,14 +4,10 @@ import dagster as dg
 import pandas as pd
 
 from avdag.core.catalog import build_catalog, catalog_markdown
-from avdag.resources.io_managers import ALL_PARTITIONS
+from avdag.resources.io_managers import ALL_PARTITIONS, concat_partitions
 from avdag.resources.storage import ArtifactStoreResource
 
 CATALOG_FILE = "catalog.duckdb"
-
-
-def _concat(partitions: dict) -> pd.DataFrame:
-    return pd.concat([f for _, f in sorted(partitions.items())], ignore_index=True) if partitions else pd.DataFrame()
 
 
 @dg.asset(
@@ -31,8 +27,8 @@ def clip_catalog(
 ) -> dg.MaterializeResult:
     """Rebuilt (atomically) from every batch; `avdag search` queries it."""
     path = artifacts.path(CATALOG_FILE)
-    captions = pd.concat([_concat(baseline_captions), _concat(finetuned_captions)], ignore_index=True)
-    counts = build_catalog(path, _concat(raw_clips), split_manifest, captions)
+    captions = pd.concat([concat_partitions(baseline_captions), concat_partitions(finetuned_captions)], ignore_index=True)
+    counts = build_catalog(path, concat_partitions(raw_clips), split_manifest, captions)
     return dg.MaterializeResult(metadata={
         **{k: int(v) for k, v in counts.items()},
         "path": dg.MetadataValue.path(str(path)),

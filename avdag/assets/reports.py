@@ -9,14 +9,9 @@ from avdag.core.atomic import write_bytes_atomic, write_json_atomic
 from avdag.core.labels import MULTIPLE_CHOICE_FIELDS
 from avdag.core.report import comparison_chart_png, compare_scores, multiple_choice_accuracy, png_markdown, table_as_markdown
 from avdag.resources.captioner import CaptionerResource
-from avdag.resources.io_managers import ALL_PARTITIONS
+from avdag.resources.io_managers import ALL_PARTITIONS, concat_partitions
 from avdag.resources.storage import ArtifactStoreResource
 
-
-
-def _concat(partitions: dict) -> pd.DataFrame:
-    frames = [frame for _, frame in sorted(partitions.items())]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["field", "score"])
 
 
 @dg.asset(
@@ -35,7 +30,9 @@ def score_comparison(
     artifacts: ArtifactStoreResource,
 ) -> dg.Output[dict]:
     """Per-question judge means, baseline vs fine-tuned, over the eval clips of every batch."""
-    baseline, finetuned = _concat(baseline_judge_scores), _concat(finetuned_judge_scores)
+    baseline, finetuned = concat_partitions(baseline_judge_scores), concat_partitions(finetuned_judge_scores)
+    baseline = baseline if len(baseline) else pd.DataFrame(columns=["field", "score"])
+    finetuned = finetuned if len(finetuned) else pd.DataFrame(columns=["field", "score"])
     questions = list(captioner.prompts().questions)
     table = compare_scores(baseline, finetuned, questions)
     accuracy = {

@@ -3,12 +3,7 @@
 import dagster as dg
 import pandas as pd
 
-
-def _all_partitions(value) -> pd.DataFrame:
-    """Checks of a partitioned asset read every partition: Dagster hands over a dict when there are several."""
-    if isinstance(value, dict):
-        return pd.concat([frame for _, frame in sorted(value.items())], ignore_index=True) if value else pd.DataFrame()
-    return value
+from avdag.resources.io_managers import concat_partitions
 
 
 def _captions_parse_check(asset_key: str) -> dg.AssetChecksDefinition:
@@ -18,7 +13,7 @@ def _captions_parse_check(asset_key: str) -> dg.AssetChecksDefinition:
         description="Every caption (all batches) parses as a JSON object whose 15 fields have valid types and values.",
     )
     def _check(captions) -> dg.AssetCheckResult:
-        captions = _all_partitions(captions)
+        captions = concat_partitions(captions)
         complete = captions["fields_ok"] == 15
         failures = captions.loc[~complete, ["batch", "clip_id", "parse_error", "fields_ok"]]
         return dg.AssetCheckResult(
@@ -56,7 +51,7 @@ def no_train_eval_leak(split_manifest: pd.DataFrame) -> dg.AssetCheckResult:
 
 @dg.asset_check(asset="clip_quarantine", description="How many files each ingest check rejected, over all batches.")
 def quarantine_counts(clip_quarantine) -> dg.AssetCheckResult:
-    clip_quarantine = _all_partitions(clip_quarantine)
+    clip_quarantine = concat_partitions(clip_quarantine)
     counts = clip_quarantine["check"].value_counts() if len(clip_quarantine) else pd.Series(dtype=int)
     return dg.AssetCheckResult(
         passed=True,

@@ -23,6 +23,14 @@ from avdag.core.paths import avdag_home
 ALL_PARTITIONS = {"allow_missing_partitions": True, "partitions_as_dict": True}
 
 
+def concat_partitions(value: Any) -> pd.DataFrame:
+    """One table from what Dagster hands a reader of all partitions (a dict, or a bare frame)."""
+    if isinstance(value, dict):
+        frames = [frame for _, frame in sorted(value.items())]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return value
+
+
 class _AtomicUPathIOManager(dg.UPathIOManager):
     def load_input(self, context: dg.InputContext) -> Any:
         value = super().load_input(context)
