@@ -381,12 +381,6 @@ def _connect(db_path: str | Path) -> duckdb.DuckDBPyConnection:
     return duckdb.connect(str(path), read_only=True)
 
 
-def catalog_counts(db_path: str | Path) -> dict[str, int]:
-    """The same counts `build_catalog` returned, read back from the file."""
-    with _connect(db_path) as conn:
-        return _counts(conn)
-
-
 def search(
     db_path: str | Path,
     query: str = "",

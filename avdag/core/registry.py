@@ -33,10 +33,6 @@ class Registration:
     clip_id: str  # the canonical clip (for a duplicate: the first upload's id)
     batch: str  # the canonical clip's batch
 
-    @property
-    def is_clip(self) -> bool:
-        return self.status == "clip"
-
 
 class ClipRegistry:
     def __init__(self, path: str | Path):

@@ -50,17 +50,10 @@ REAL_CLIP = Path(__file__).resolve().parents[2] / "avdag/sample_data/real/solidW
 PLACEHOLDER_BYTES = 64
 NEW_BATCH = "new-00000"  # sorts after every "hist-*" batch
 
-# Fallbacks, used only if the sensor module cannot be imported (it needs dagster).
-_DEFAULT_MAX_LAUNCHES = 5
-_DEFAULT_RECHECK = 20
-
-
 def sensor_settings() -> tuple[int, int]:
     """(max launches, re-check width) exactly as the deployed sensor passes them to plan_tick."""
-    try:
-        from avdag.automation.sensors import MAX_BATCHES_PER_TICK, RECHECK_PER_TICK
-    except Exception:  # pragma: no cover - dagster missing
-        return _DEFAULT_MAX_LAUNCHES, _DEFAULT_RECHECK
+    from avdag.automation.sensors import MAX_BATCHES_PER_TICK, RECHECK_PER_TICK
+
     return MAX_BATCHES_PER_TICK, RECHECK_PER_TICK
 
 
