@@ -28,12 +28,11 @@ def compare_scores(baseline: pd.DataFrame, finetuned: pd.DataFrame, questions: l
     """One row per question: the recipe's summary for both sources and the strict means."""
     table = pd.DataFrame({"field": questions})
     for source, rows in zip(SOURCES, (baseline, finetuned)):
-        summary = summarize_scores(rows).set_index("field") if not rows.empty else pd.DataFrame()
+        summary = summarize_scores(rows).set_index("field").reindex(questions)
         for column in ("num_results", "num_scores", "mean_score", "success_rate"):
-            table[f"{source}_{column}"] = [summary[column].get(f, math.nan) if not summary.empty else math.nan for f in questions]
-        table[f"{source}_mean_score_strict"] = [
-            strict_mean(rows.loc[rows["field"] == f, "score"]) if not rows.empty else math.nan for f in questions
-        ]
+            table[f"{source}_{column}"] = summary[column].to_numpy()
+        strict = rows.groupby("field")["score"].apply(strict_mean) if len(rows) else pd.Series(dtype=float)
+        table[f"{source}_mean_score_strict"] = strict.reindex(questions).to_numpy()
     table["finetuned_better"] = table["finetuned_mean_score_strict"] > table["baseline_mean_score_strict"]
     return table
 
