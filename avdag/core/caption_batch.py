@@ -11,7 +11,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import pandas as pd
 
@@ -27,11 +27,20 @@ CAPTION_COLUMNS = (
 
 
 class Captioner(Protocol):
+    """Any captioning backend: the local engine or an OpenAI-compatible server.
+
+    `caption_stream` yields (index into `video_paths`, output) as each clip finishes, in any
+    order, exactly once per index; a clip that fails yields an output with `error` set rather
+    than raising, so the rest of the batch goes on.
+    """
+
     model_path: str
     model_hash: str
     settings: GenerationSettings
 
-    def caption(self, video_path: str | Path, system_prompt: str, user_prompt: str) -> CaptionOutput: ...
+    def caption_stream(
+        self, video_paths: Sequence[str], system_prompt: str, user_prompt: str
+    ) -> Iterator[tuple[int, CaptionOutput]]: ...
 
 
 Log = Callable[[str], None]

@@ -38,11 +38,14 @@ class GenerationSettings:
 
 @dataclass(frozen=True)
 class CaptionOutput:
+    """One clip's answer. `error` set means no answer was produced (never cached, retried next run)."""
+
     raw_text: str
     prompt_tokens: int
     video_tokens: int
     new_tokens: int
     seconds: float
+    error: str | None = None
 
 
 def resolve_device(device: str = "auto") -> str:
