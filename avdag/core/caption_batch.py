@@ -22,7 +22,7 @@ from avdag.core.captioning import CaptionOutput, GenerationSettings
 CAPTION_COLUMNS = (
     "clip_id", "batch", "clip_sha256", "caption_source", "model_path", "model_hash", "prompt_hash",
     "generation", "raw_text", "parsed_json", "parse_error", "repaired", "fields_ok", "field_status",
-    "prompt_tokens", "video_tokens", "new_tokens", "seconds", "cached", "caption_key",
+    "prompt_tokens", "video_tokens", "new_tokens", "seconds", "cached", "caption_error", "caption_key",
 )
 
 
@@ -59,24 +59,50 @@ def caption_clips(
     caption_source: str,
     log: Log = print,
 ) -> pd.DataFrame:
-    """One row per clip (CAPTION_COLUMNS); computes only what the cache lacks."""
+    """One row per clip (CAPTION_COLUMNS); computes only what the cache lacks.
+
+    Each answer is cached the moment it arrives, so a run killed mid-batch loses at most the
+    batch in flight. A clip that fails gets a row with its error and is retried on the next run.
+    """
     keys = [caption_key(sha, captioner.model_hash, prompts.caption_hash, captioner.settings) for sha in clips["sha256"]]
-    pending = sum(not (cache_dir / f"{key}.json").exists() for key in keys)
-    rows, started, computed = [], time.perf_counter(), 0
-    for i, (clip, key) in enumerate(zip(clips.itertuples(index=False), keys), start=1):
-        path = cache_dir / f"{key}.json"
-        record = _read_cached(path)
-        cached = record is not None
-        if record is None:
-            out = captioner.caption(clip.local_path, prompts.system_prompt, prompts.user_prompt)
-            record = {"raw_text": out.raw_text, "prompt_tokens": out.prompt_tokens, "video_tokens": out.video_tokens,
-                      "new_tokens": out.new_tokens, "seconds": out.seconds, "clip_id": clip.clip_id}
-            write_json_atomic(path, record)
-            computed += 1
-            eta = (time.perf_counter() - started) / computed * max(0, pending - computed)
-            log(f"[{caption_source}] {i}/{len(clips)} {clip.clip_id}: {out.new_tokens} tokens in {out.seconds:.1f}s; ETA {eta:.0f}s")
-        rows.append(_row(clip, record, key, cached, captioner, prompts, caption_source))
+    records: dict[int, dict[str, Any]] = {}
+    for i, key in enumerate(keys):
+        cached = _read_cached(cache_dir / f"{key}.json")
+        if cached is not None:
+            records[i] = {**cached, "cached": True}
+    todo = [i for i in range(len(keys)) if i not in records]
+    if todo:
+        log(f"[{caption_source}] {len(records)}/{len(keys)} clips cached; captioning {len(todo)}")
+    progress = _Progress(caption_source, len(todo), log)
+    paths = [str(clips["local_path"].iloc[i]) for i in todo]
+    for position, out in captioner.caption_stream(paths, prompts.system_prompt, prompts.user_prompt):
+        i = todo[position]
+        record = {"raw_text": out.raw_text, "prompt_tokens": out.prompt_tokens, "video_tokens": out.video_tokens,
+                  "new_tokens": out.new_tokens, "seconds": out.seconds, "clip_id": clips["clip_id"].iloc[i]}
+        if out.error is None:
+            write_json_atomic(cache_dir / f"{keys[i]}.json", record)
+        records[i] = {**record, "cached": False, "error": out.error}
+        progress.done(record["clip_id"], out)
+    rows = [_row(clip, records[i], keys[i], captioner, prompts, caption_source)
+            for i, clip in enumerate(clips.itertuples(index=False))]
     return pd.DataFrame(rows, columns=CAPTION_COLUMNS)
+
+
+class _Progress:
+    """Logs each finished clip with throughput and an ETA for the rest."""
+
+    def __init__(self, source: str, total: int, log: Log):
+        self.source, self.total, self.log = source, total, log
+        self.finished, self.tokens, self.started = 0, 0, time.perf_counter()
+
+    def done(self, clip_id: str, out: CaptionOutput) -> None:
+        self.finished += 1
+        self.tokens += out.new_tokens
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / self.finished * (self.total - self.finished)
+        what = f"FAILED: {out.error}" if out.error else f"{out.new_tokens} tokens"
+        self.log(f"[{self.source}] {self.finished}/{self.total} {clip_id}: {what}; "
+                 f"{self.finished / elapsed:.2f} clips/s, {self.tokens / elapsed:.0f} tokens/s; ETA {eta:.0f}s")
 
 
 def _read_cached(path: Path) -> dict[str, Any] | None:
@@ -86,7 +112,8 @@ def _read_cached(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _row(clip, record, key, cached, captioner: Captioner, prompts, caption_source: str) -> dict[str, Any]:
+def _row(clip, record, key, captioner: Captioner, prompts, caption_source: str) -> dict[str, Any]:
+    error = record.get("error")
     parsed = parse_answer(record["raw_text"])
     return {
         "clip_id": clip.clip_id,
@@ -99,7 +126,7 @@ def _row(clip, record, key, cached, captioner: Captioner, prompts, caption_sourc
         "generation": captioner.settings.fingerprint(),
         "raw_text": record["raw_text"],
         "parsed_json": json.dumps(parsed.data, ensure_ascii=False) if parsed.ok else None,
-        "parse_error": parsed.error,
+        "parse_error": f"not captioned: {error}" if error else parsed.error,
         "repaired": parsed.repaired,
         "fields_ok": sum(v == "ok" for v in parsed.field_status.values()),
         "field_status": json.dumps(parsed.field_status),
@@ -107,6 +134,7 @@ def _row(clip, record, key, cached, captioner: Captioner, prompts, caption_sourc
         "video_tokens": record["video_tokens"],
         "new_tokens": record["new_tokens"],
         "seconds": record["seconds"],
-        "cached": cached,
+        "cached": record["cached"],
+        "caption_error": error,
         "caption_key": key,
     }

@@ -1,4 +1,4 @@
-"""Caption one clip with a Qwen2.5-VL-architecture model (Cosmos-Reason1-7B or the tiny one).
+"""What captioning shares with training: generation settings, model loading, turning a conversation into inputs.
 
 The model is loaded with `from_pretrained` from a hub id or a local path, so switching from the
 embedded tiny model to `nvidia/Cosmos-Reason1-7B` or a fine-tuned export is one setting.
@@ -9,14 +9,9 @@ to the processor with `do_resize=False`, so the processor never re-scales them.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
-from functools import cached_property
 from pathlib import Path
 
-from avdag.core.answers import answer_is_complete
-from avdag.core.conversations import caption_messages
-from avdag.core.model_identity import model_fingerprint
 from avdag.core.video import RECIPE_FPS, RECIPE_MAX_PIXELS, sample_frames
 
 
@@ -80,60 +75,3 @@ def encode_conversation(processor, messages, video_path: str | Path, *, fps: flo
         do_resize=False,
         return_tensors="pt",
     )
-
-
-class VlmCaptioner:
-    """Answers the rubric for clips, one `generate` per clip."""
-
-    def __init__(self, model_path: str, *, device: str = "auto", settings: GenerationSettings = GenerationSettings()):
-        self.model_path = str(model_path)
-        self.device = resolve_device(device)
-        self.settings = settings
-
-    @cached_property
-    def model_hash(self) -> str:
-        return model_fingerprint(self.model_path)
-
-    @cached_property
-    def _loaded(self):
-        return load_model_and_processor(self.model_path, self.device)
-
-    def caption(self, video_path: str | Path, system_prompt: str, user_prompt: str) -> CaptionOutput:
-        import torch
-
-        model, processor = self._loaded
-        s = self.settings
-        messages = caption_messages(system_prompt, user_prompt, str(video_path), fps=s.fps, max_pixels=s.max_pixels)
-        start = time.perf_counter()
-        inputs = encode_conversation(processor, messages, video_path, fps=s.fps, max_pixels=s.max_pixels, add_generation_prompt=True)
-        inputs = inputs.to(model.device)
-        prompt_len = inputs["input_ids"].shape[1]
-        video_tokens = int((inputs["input_ids"] == model.config.video_token_id).sum())
-        kwargs = dict(max_new_tokens=s.max_new_tokens, repetition_penalty=s.repetition_penalty)
-        if s.temperature > 0:
-            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if s.stop_at_json_end:
-            kwargs["stopping_criteria"] = [_JsonAnswerComplete(processor.tokenizer, prompt_len)]
-        with torch.inference_mode():
-            out = model.generate(**inputs, **kwargs)
-        new_ids = out[0, prompt_len:]
-        text = processor.tokenizer.decode(new_ids, skip_special_tokens=True)
-        return CaptionOutput(text, prompt_len, video_tokens, int(new_ids.numel()), time.perf_counter() - start)
-
-
-class _JsonAnswerComplete:
-    """Stops generation once the reply holds a whole JSON object (checked every few tokens)."""
-
-    def __init__(self, tokenizer, prompt_len: int, every: int = 8):
-        self.tokenizer, self.prompt_len, self.every = tokenizer, prompt_len, every
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        new = input_ids.shape[1] - self.prompt_len
-        if new == 0 or new % self.every:
-            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len :], skip_special_tokens=True)
-        return torch.tensor([answer_is_complete(t) for t in texts], dtype=torch.bool, device=input_ids.device)

@@ -9,7 +9,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from avdag.core.captioning import GenerationSettings, VlmCaptioner
+from avdag.core.caption_engine import VlmCaptioner
+from avdag.core.captioning import GenerationSettings
 from avdag.core.labels import CATEGORICAL_FIELDS, METAACTIONS
 from avdag.core.paths import avdag_home
 from avdag.core.prompts import load_prompt_set
@@ -27,6 +28,11 @@ class CaptionerResource(dg.ConfigurableResource):
         description=f"'{EMBEDDED_MODEL}' (built locally), '{COSMOS_REASON1}', or a checkpoint folder.",
     )
     device: str = Field(default="auto", description="'auto' picks cuda when present, else cpu.")
+    devices: list[str] = Field(
+        default_factory=list,
+        description="One model copy per entry (e.g. ['cuda:0', 'cuda:1']) sharing the batch's clips; empty = [device].",
+    )
+    batch_size: int = Field(default=4, description="Clips per generate call (left-padded). Does not change greedy answers.")
     max_new_tokens: int = Field(default=1024, description="Upper bound; generation stops at the end of the JSON.")
     temperature: float = Field(default=0.0, description="0 = greedy. The recipe samples at 0.1.")
     top_p: float = 0.9
@@ -54,7 +60,8 @@ class CaptionerResource(dg.ConfigurableResource):
         return str(target)
 
     def captioner(self, model_path: str) -> VlmCaptioner:
-        return VlmCaptioner(model_path, device=self.device, settings=self.settings())
+        return VlmCaptioner(model_path, device=self.device, devices=self.devices or None,
+                            settings=self.settings(), batch_size=self.batch_size)
 
 
 def tokenizer_corpus(prompts) -> list[str]:

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from avdag.core.captioning import GenerationSettings, VlmCaptioner, encode_conversation, load_model_and_processor
+from avdag.core.caption_engine import VlmCaptioner
+from avdag.core.captioning import GenerationSettings, encode_conversation, load_model_and_processor
 from avdag.core.conversations import sft_messages
 from avdag.core.labels import format_label_as_answer
 from avdag.core.prompts import load_prompt_set
@@ -80,14 +81,14 @@ def test_greedy_captions_are_deterministic_and_bounded(tiny_model_path, prompts)
 
 def test_stopping_criterion_fires_once_the_json_object_closes(loaded):
     """Checked on real token ids of the label answer: not before the closing brace, at it after."""
-    from avdag.core.captioning import _JsonAnswerComplete
+    from avdag.core.caption_engine import JsonAnswerComplete
 
     _, processor = loaded
     tokenizer = processor.tokenizer
     prompt = torch.tensor([[1, 2, 3]])
     answer = tokenizer(format_label_as_answer(REAL_LABEL), return_tensors="pt")["input_ids"]
     close = tokenizer.decode(answer[0]).rindex("}")
-    stop = _JsonAnswerComplete(tokenizer, prompt_len=3, every=1)
+    stop = JsonAnswerComplete(tokenizer, prompt_len=3, every=1)
     fired = [bool(stop(torch.cat([prompt, answer[:, :n]], dim=1), None)[0]) for n in range(1, answer.shape[1] + 1)]
     first = fired.index(True)
     assert not any(fired[:first]) and all(fired[first:])
