@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from avdag.automation.partitions import FOLLOW_NEW_CLIPS, clip_batches
-from avdag.core.caption_batch import caption_clips
+from avdag.core.caption_batch import caption_clips, field_failures
 from avdag.resources.captioner import CaptionerResource
 from avdag.resources.storage import ArtifactStoreResource
 
@@ -19,6 +19,8 @@ def _caption_metadata(frame: pd.DataFrame) -> dict[str, Any]:
         "parse_failures": int((~parsed).sum()),
         "all_fields_ok": int((frame["fields_ok"] == 15).sum()),
         "computed_now": int((~frame["cached"]).sum()),
+        "not_captioned": int(frame["caption_error"].notna().sum()),
+        "field_failures": dg.MetadataValue.md(field_failures(frame).to_markdown(index=False)),
         "mean_new_tokens": float(frame["new_tokens"].mean()) if len(frame) else 0.0,
         "model_hash": dg.MetadataValue.text(str(frame["model_hash"].iloc[0]) if len(frame) else ""),
     }

@@ -18,6 +18,7 @@ import pandas as pd
 from avdag.core.answers import parse_answer
 from avdag.core.atomic import write_json_atomic
 from avdag.core.captioning import CaptionOutput, GenerationSettings
+from avdag.core.labels import FIELDS
 
 CAPTION_COLUMNS = (
     "clip_id", "batch", "clip_sha256", "caption_source", "model_path", "model_hash", "prompt_hash",
@@ -138,3 +139,20 @@ def _row(clip, record, key, captioner: Captioner, prompts, caption_source: str) 
         "caption_error": error,
         "caption_key": key,
     }
+
+
+def field_failures(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per rubric field: how many answers had it ok, missing, or invalid (with the commonest reason)."""
+    statuses = [json.loads(s) for s in frame["field_status"]]
+    rows = []
+    for name in FIELDS:
+        values = [s.get(name, "missing") for s in statuses]
+        invalid = [v for v in values if v.startswith("invalid")]
+        rows.append({
+            "field": name,
+            "ok": values.count("ok"),
+            "missing": values.count("missing"),
+            "invalid": len(invalid),
+            "commonest_problem": max(set(invalid), key=invalid.count) if invalid else "",
+        })
+    return pd.DataFrame(rows)

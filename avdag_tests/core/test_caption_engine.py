@@ -155,3 +155,17 @@ def test_failed_clips_are_not_cached_and_are_retried(tiny_model_path, clips, pro
     caption_clips(counting, frame, prompts, tmp_path / "cache", "baseline", log=lambda _: None)
     assert counting.asked == [missing]
     assert json.loads((tmp_path / "cache" / f"{first.loc[0, 'caption_key']}.json").read_text())["clip_id"] == "c0"
+
+
+def test_field_failures_count_missing_and_invalid_per_field():
+    from avdag.core.caption_batch import field_failures
+    from avdag.core.labels import FIELDS
+
+    ok = dict.fromkeys(FIELDS, "ok")
+    statuses = [ok, {**ok, "weather": "invalid: 'Sunny' is not one of the allowed values"}, {**ok, "weather": "missing"},
+                {**ok, "weather": "invalid: 'Sunny' is not one of the allowed values", "lighting": "invalid: x"}]
+    table = field_failures(pd.DataFrame({"field_status": [json.dumps(s) for s in statuses]})).set_index("field")
+    assert table.loc["weather"].to_dict() == {"ok": 1, "missing": 1, "invalid": 2,
+                                              "commonest_problem": "invalid: 'Sunny' is not one of the allowed values"}
+    assert table.loc["lighting", "invalid"] == 1 and table.loc["driving_difficulty", "ok"] == 4
+    assert list(table.index) == list(FIELDS)
