@@ -6,6 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from avdag.automation.partitions import FOLLOW_NEW_CLIPS, clip_batches
+from avdag.automation.pools import GPU_POOL
 from avdag.core.caption_batch import caption_clips, field_failures
 from avdag.resources.captioner import CaptionerResource
 from avdag.resources.storage import ArtifactStoreResource
@@ -33,7 +34,8 @@ def _run_captioning(context, captioner: CaptionerResource, artifacts: ArtifactSt
     return dg.Output(frame, metadata=_caption_metadata(frame))
 
 
-@dg.asset(partitions_def=clip_batches, io_manager_key="parquet_io", automation_condition=FOLLOW_NEW_CLIPS, group_name="captions")
+@dg.asset(partitions_def=clip_batches, io_manager_key="parquet_io", automation_condition=FOLLOW_NEW_CLIPS, group_name="captions",
+          pool=GPU_POOL)
 def baseline_captions(
     context: dg.AssetExecutionContext, raw_clips: pd.DataFrame, captioner: CaptionerResource, artifacts: ArtifactStoreResource
 ) -> dg.Output[pd.DataFrame]:
@@ -41,7 +43,7 @@ def baseline_captions(
     return _run_captioning(context, captioner, artifacts, captioner.base_model_path(), raw_clips, "baseline")
 
 
-@dg.asset(partitions_def=clip_batches, io_manager_key="parquet_io", group_name="captions")
+@dg.asset(partitions_def=clip_batches, io_manager_key="parquet_io", group_name="captions", pool=GPU_POOL)
 def finetuned_captions(
     context: dg.AssetExecutionContext,
     raw_clips: pd.DataFrame,

@@ -6,6 +6,7 @@ import json
 import dagster as dg
 import pandas as pd
 
+from avdag.automation.pools import GPU_POOL
 from avdag.core.conversations import sft_messages
 from avdag.core.model_identity import model_fingerprint
 from avdag.core.report import loss_curve_png, png_markdown
@@ -40,6 +41,7 @@ def _checkpoint_id(base_hash: str, settings: dict, examples: list[SftExample], p
     ins={"raw_clips": dg.AssetIn(metadata=ALL_PARTITIONS)},
     io_manager_key="json_io",
     group_name="training",
+    pool=GPU_POOL,
 )
 def sft_checkpoint(
     context: dg.AssetExecutionContext,
