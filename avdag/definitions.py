@@ -1,8 +1,8 @@
 """The one Definitions object: assets, resources, jobs, sensor, schedule and checks.
 
 Resources are chosen here, once, from the environment: OPENAI_API_KEY switches the judge to
-the OpenAI-compatible one, AVDAG_MODEL the captioning model, AVDAG_LANDING_URL the landing
-zone. Assets never branch on that.
+the OpenAI-compatible one, AVDAG_MODEL the captioning model, AVDAG_VLM_BASE_URLS captioning
+through OpenAI-compatible servers, AVDAG_LANDING_URL the landing zone. Assets never branch on that.
 """
 
 import os
@@ -21,6 +21,7 @@ from avdag.automation.schedules import nightly_reprocess
 from avdag.automation.sensors import landing_zone_sensor
 from avdag.resources.captioner import EMBEDDED_MODEL, CaptionerResource
 from avdag.resources.io_managers import JsonIOManager, ParquetIOManager
+from avdag.resources.remote_captioner import OpenAIVlmCaptionerResource
 from avdag.resources.judge import OfflineJudgeResource, OpenAIJudgeResource
 from avdag.resources.registry import ClipRegistryResource
 from avdag.resources.storage import ArtifactStoreResource, LandingZoneResource
@@ -37,6 +38,19 @@ def _judge():
     return OfflineJudgeResource()
 
 
+def _captioner():
+    settings = dict(
+        model=os.environ.get("AVDAG_MODEL", EMBEDDED_MODEL),
+        max_new_tokens=int(os.environ.get("AVDAG_MAX_NEW_TOKENS", "1024")),
+        batch_size=int(os.environ.get("AVDAG_CAPTION_BATCH", "4")),
+    )
+    urls = [u.strip() for u in os.environ.get("AVDAG_VLM_BASE_URLS", "").split(",") if u.strip()]
+    if not urls:
+        return CaptionerResource(**settings)
+    key = dg.EnvVar("AVDAG_VLM_API_KEY") if os.environ.get("AVDAG_VLM_API_KEY") else "EMPTY"
+    return OpenAIVlmCaptionerResource(base_urls=urls, api_key=key, served_model=os.environ.get("AVDAG_VLM_MODEL"), **settings)
+
+
 def build_resources() -> dict:
     return {
         "landing_zone": LandingZoneResource(
@@ -45,10 +59,7 @@ def build_resources() -> dict:
         ),
         "artifacts": ArtifactStoreResource(),
         "clip_registry": ClipRegistryResource(),
-        "captioner": CaptionerResource(
-            model=os.environ.get("AVDAG_MODEL", EMBEDDED_MODEL),
-            max_new_tokens=int(os.environ.get("AVDAG_MAX_NEW_TOKENS", "1024")),
-        ),
+        "captioner": _captioner(),
         "trainer": EmbeddedTrainerResource(
             steps=int(os.environ.get("AVDAG_SFT_STEPS", "800")),
         ),

@@ -9,6 +9,7 @@ retries and timeouts all run for real. Each test decides the replies with a func
         client = openai.OpenAI(api_key="test", base_url=server.base_url, max_retries=0)
         ...
         server.requests          # every JSON body received, retries included, in order
+        server.max_concurrent_requests  # most chat requests it was answering at one time
 
 Return a str for a normal chat.completion with that content, or a `StubReply` to inject a
 fault: an HTTP error status, a raw (possibly malformed) body, extra headers, or a delay.
@@ -21,7 +22,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -86,13 +88,17 @@ class OpenAIStubServer:
 
     Use as a context manager, or call start()/stop(). `requests` (JSON bodies) and
     `request_headers` (names lower-cased) are appended under a lock, one entry per HTTP
-    request, so client retries are visible.
+    request, so client retries are visible. `max_concurrent_requests` is the most chat
+    requests being answered at once (from receipt until the reply is sent, delay included),
+    so a test can check a client's parallelism without relying on timing.
     """
 
     def __init__(self, reply_fn: ReplyFn | None = None) -> None:
         self.reply_fn: ReplyFn = reply_fn or (lambda request: "<answer>5</answer>")
         self.requests: list[dict[str, Any]] = []
         self.request_headers: list[dict[str, str]] = []
+        self.max_concurrent_requests = 0
+        self._concurrent_requests = 0
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -145,6 +151,18 @@ class OpenAIStubServer:
             self.request_headers.append(headers)
             return len(self.requests) - 1
 
+    @contextmanager
+    def answering(self) -> Iterator[None]:
+        """Counts one chat request as in flight while the block runs."""
+        with self._lock:
+            self._concurrent_requests += 1
+            self.max_concurrent_requests = max(self.max_concurrent_requests, self._concurrent_requests)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._concurrent_requests -= 1
+
     def respond(self, body: dict[str, Any], request_index: int) -> tuple[int, bytes, dict[str, str], float]:
         """(status, response bytes, extra headers, delay) for one chat request."""
         try:
@@ -183,10 +201,11 @@ def _handler_class(server: OpenAIStubServer) -> type[BaseHTTPRequestHandler]:
                 self._send(400, json.dumps(error_body(400, "request body is not JSON")).encode())
                 return
             index = server.record(body, {name.lower(): value for name, value in self.headers.items()})
-            status, payload, headers, delay_s = server.respond(body, index)
-            if delay_s:
-                time.sleep(delay_s)
-            self._send(status, payload, headers)
+            with server.answering():
+                status, payload, headers, delay_s = server.respond(body, index)
+                if delay_s:
+                    time.sleep(delay_s)
+                self._send(status, payload, headers)
 
         def do_GET(self) -> None:  # noqa: N802
             if self.path.rstrip("/") == MODELS_PATH:

@@ -1,0 +1,53 @@
+"""Captioning through OpenAI-compatible servers (e.g. one vLLM per GPU node) instead of in the step.
+
+The base model is whatever `served_model` the servers at `base_urls` serve. The fine-tuned
+checkpoint is captioned remotely too when `finetuned_base_urls` serve it (export the checkpoint
+folder to vLLM); otherwise it is captioned by the local engine, as with `CaptionerResource`.
+A remotely served checkpoint is identified by its weights hash, so its captions and scores
+still name the checkpoint they came from.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from avdag.core.model_identity import model_fingerprint
+from avdag.core.remote_captioning import OpenAIVlmCaptioner
+from avdag.resources.captioner import CaptionerResource
+
+
+class OpenAIVlmCaptionerResource(CaptionerResource):
+    """`CaptionerResource` whose captions come from OpenAI-compatible VLM servers."""
+
+    base_urls: list[str] = Field(description="Servers serving the base model, e.g. ['http://gpu-node-1:8000/v1'].")
+    served_model: str | None = Field(default=None, description="Model name the servers expect; default `model`.")
+    api_key: str = Field(default="EMPTY", description="Use dg.EnvVar('AVDAG_VLM_API_KEY') for a real key.")
+    model_revision: str = Field(default="", description="Bump when the served weights change: it is part of each caption's identity.")
+    finetuned_base_urls: list[str] = Field(default_factory=list, description="Servers serving the sft_checkpoint export; empty = caption it locally.")
+    finetuned_served_model: str | None = Field(default=None, description="Model name of the served checkpoint.")
+    max_in_flight: int = Field(default=8, description="Requests in flight per server.")
+    timeout_s: float = 300.0
+    max_retries: int = Field(default=2, description="Retries on 429/5xx/timeouts, honouring Retry-After.")
+    video_transport: str = Field(default="frames", description="'frames' (any server) or 'video' (vLLM; as the recipe).")
+
+    def captioner(self, model_path: str):
+        if model_path == self.base_model_path():
+            return self._remote(self.base_urls, self.served_model or self.model, self.model_revision)
+        if self.finetuned_base_urls:
+            if not self.finetuned_served_model:
+                raise ValueError("finetuned_base_urls is set but finetuned_served_model is not")
+            return self._remote(self.finetuned_base_urls, self.finetuned_served_model, model_fingerprint(model_path))
+        return super().captioner(model_path)
+
+    def _remote(self, base_urls: list[str], served: str, revision: str) -> OpenAIVlmCaptioner:
+        return OpenAIVlmCaptioner(
+            base_urls,
+            served,
+            api_key=self.api_key,
+            settings=self.settings(),
+            max_in_flight=self.max_in_flight,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+            model_revision=revision,
+            video_transport=self.video_transport,  # type: ignore[arg-type]
+        )
