@@ -2,10 +2,12 @@
 
 Resources are chosen here, once, from the environment: OPENAI_API_KEY switches the judge to
 the OpenAI-compatible one, AVDAG_MODEL the captioning model, AVDAG_VLM_BASE_URLS captioning
-through OpenAI-compatible servers, AVDAG_LANDING_URL the landing zone. Assets never branch on that.
+through OpenAI-compatible servers, AVDAG_TRAINER=cosmos-rl training through cosmos-rl,
+AVDAG_LANDING_URL the landing zone. Assets never branch on that.
 """
 
 import os
+import shlex
 
 import dagster as dg
 
@@ -19,6 +21,7 @@ from avdag.automation.checks import (
 from avdag.automation.jobs import batch_pipeline_job
 from avdag.automation.schedules import nightly_reprocess
 from avdag.automation.sensors import landing_zone_sensor
+from avdag.resources.cosmos_trainer import CosmosRlTrainerResource
 from avdag.resources.captioner import EMBEDDED_MODEL, CaptionerResource
 from avdag.resources.io_managers import JsonIOManager, ParquetIOManager
 from avdag.resources.remote_captioner import OpenAIVlmCaptionerResource
@@ -51,6 +54,15 @@ def _captioner():
     return OpenAIVlmCaptionerResource(base_urls=urls, api_key=key, served_model=os.environ.get("AVDAG_VLM_MODEL"), **settings)
 
 
+def _trainer():
+    if os.environ.get("AVDAG_TRAINER", "embedded") == "cosmos-rl":
+        return CosmosRlTrainerResource(
+            launcher=shlex.split(os.environ.get("AVDAG_COSMOS_RL_LAUNCHER", "cosmos-rl")),
+            work_dir=os.environ.get("AVDAG_COSMOS_RL_WORK_DIR"),
+        )
+    return EmbeddedTrainerResource(steps=int(os.environ.get("AVDAG_SFT_STEPS", "800")))
+
+
 def build_resources() -> dict:
     return {
         "landing_zone": LandingZoneResource(
@@ -60,9 +72,7 @@ def build_resources() -> dict:
         "artifacts": ArtifactStoreResource(),
         "clip_registry": ClipRegistryResource(),
         "captioner": _captioner(),
-        "trainer": EmbeddedTrainerResource(
-            steps=int(os.environ.get("AVDAG_SFT_STEPS", "800")),
-        ),
+        "trainer": _trainer(),
         "judge": _judge(),
         "parquet_io": ParquetIOManager(),
         "json_io": JsonIOManager(),

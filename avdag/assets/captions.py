@@ -28,10 +28,10 @@ def _caption_metadata(frame: pd.DataFrame) -> dict[str, Any]:
 
 
 def _run_captioning(context, captioner: CaptionerResource, artifacts: ArtifactStoreResource, model_path: str,
-                    raw_clips: pd.DataFrame, source: str) -> dg.Output:
+                    raw_clips: pd.DataFrame, source: str, **extra_metadata) -> dg.Output:
     engine = captioner.captioner(model_path)
     frame = caption_clips(engine, raw_clips, captioner.prompts(), artifacts.path("cache", "captions"), source, log=context.log.info)
-    return dg.Output(frame, metadata=_caption_metadata(frame))
+    return dg.Output(frame, metadata={**_caption_metadata(frame), **extra_metadata})
 
 
 @dg.asset(partitions_def=clip_batches, io_manager_key="parquet_io", automation_condition=FOLLOW_NEW_CLIPS, group_name="captions",
@@ -52,4 +52,5 @@ def finetuned_captions(
     artifacts: ArtifactStoreResource,
 ) -> dg.Output[pd.DataFrame]:
     """The same captioner, loading the fine-tuned checkpoint."""
-    return _run_captioning(context, captioner, artifacts, sft_checkpoint["path"], raw_clips, "finetuned")
+    return _run_captioning(context, captioner, artifacts, sft_checkpoint["path"], raw_clips, "finetuned",
+                           checkpoint_id=dg.MetadataValue.text(sft_checkpoint["checkpoint_id"]))

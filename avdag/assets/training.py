@@ -65,7 +65,7 @@ def sft_checkpoint(
         record = json.loads(record_path.read_text())
         losses, seconds, status = record["losses"], record.get("seconds", 0.0), "cached"
     else:
-        context.log.info(f"training on {len(examples)} clips from {base_model} for {settings.steps} steps")
+        context.log.info(f"training {checkpoint_id} with {type(trainer).__name__} on {len(examples)} clips from {base_model}: {settings.as_dict()}")
 
         def progress(p: dict) -> None:
             if p["step"] == 1 or p["step"] % 10 == 0 or p["step"] == p["steps"]:
@@ -89,6 +89,8 @@ def sft_checkpoint(
     (output_dir / "loss_curve.png").write_bytes(png)
     return dg.Output(info, metadata={
         "status": status,
+        "trainer": type(trainer).__name__,
+        "checkpoint_id": dg.MetadataValue.text(checkpoint_id),
         "train_clips": len(examples),
         "final_loss": float(losses[-1][1]) if losses else float("nan"),
         "first_loss": float(losses[0][1]) if losses else float("nan"),
