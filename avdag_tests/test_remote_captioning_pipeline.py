@@ -33,22 +33,23 @@ def _materialize(landing, server, instance):
                           resources=resources, instance=instance, raise_on_error=True)
 
 
-def test_baseline_captions_come_from_the_server_and_are_cached(landing):
-    instance = dg.DagsterInstance.get()
-    instance.add_dynamic_partitions(clip_batches.name, [BATCH])
-    with OpenAIStubServer(lambda request: ANSWER) as server:
-        first = _materialize(landing, server, instance)
-        captions = first.output_for_node("baseline_captions")
-        assert len(captions) == 4 and len(server.requests) == 4
-        assert (captions["fields_ok"] == 15).all() and captions["caption_error"].isna().all()
-        assert captions["model_path"].eq("nvidia/Cosmos-Reason1-7B").all()
-        assert captions["model_hash"].str.startswith("openai-vlm:").all()
-        images = [p for p in server.requests[0]["messages"][1]["content"] if p["type"] == "image_url"]
-        assert len(images) >= 2 and images[0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
-        materialization = instance.get_latest_materialization_event(dg.AssetKey("baseline_captions"))
-        table = materialization.asset_materialization.metadata["field_failures"].value
-        assert re.search(r"\| weather\s+\|\s+4 \|\s+0 \|\s+0 \|", table), table
+def test_baseline_captions_come_from_the_server_and_are_cached(landing, tmp_path, monkeypatch):
+    monkeypatch.setenv("AVDAG_HOME", str(tmp_path / "home"))  # its own assets and instance: nothing leaks into other tests
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(clip_batches.name, [BATCH])
+        with OpenAIStubServer(lambda request: ANSWER) as server:
+            first = _materialize(landing, server, instance)
+            captions = first.output_for_node("baseline_captions")
+            assert len(captions) == 4 and len(server.requests) == 4
+            assert (captions["fields_ok"] == 15).all() and captions["caption_error"].isna().all()
+            assert captions["model_path"].eq("nvidia/Cosmos-Reason1-7B").all()
+            assert captions["model_hash"].str.startswith("openai-vlm:").all()
+            images = [p for p in server.requests[0]["messages"][1]["content"] if p["type"] == "image_url"]
+            assert len(images) >= 2 and images[0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+            materialization = instance.get_latest_materialization_event(dg.AssetKey("baseline_captions"))
+            table = materialization.asset_materialization.metadata["field_failures"].value
+            assert re.search(r"\| weather\s+\|\s+4 \|\s+0 \|\s+0 \|", table), table
 
-        second = _materialize(landing, server, instance)
-        assert len(server.requests) == 4, "a re-run must not call the server again"
-        assert second.output_for_node("baseline_captions")["cached"].all()
+            second = _materialize(landing, server, instance)
+            assert len(server.requests) == 4, "a re-run must not call the server again"
+            assert second.output_for_node("baseline_captions")["cached"].all()

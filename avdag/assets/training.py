@@ -68,7 +68,10 @@ def sft_checkpoint(
         context.log.info(f"training {checkpoint_id} with {type(trainer).__name__} on {len(examples)} clips from {base_model}: {settings.as_dict()}")
 
         def progress(p: dict) -> None:
-            if p["step"] == 1 or p["step"] % 10 == 0 or p["step"] == p["steps"]:
+            first = p["step"] == p.get("resumed_from", 0) + 1
+            if first and p.get("resumed_from"):
+                context.log.info(f"resumed from the training state saved at step {p['resumed_from']}")
+            if first or p["step"] % 10 == 0 or p["step"] == p["steps"]:
                 context.log.info(f"step {p['step']}/{p['steps']} loss {p['loss']:.4f} elapsed {p['elapsed_s']:.0f}s ETA {p['eta_s']:.0f}s")
 
         result = trainer.train(base_model, examples, output_dir, progress)

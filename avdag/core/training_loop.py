@@ -175,8 +175,7 @@ def train_sft(
     export = (lora.merge_and_unload(safe_merge=True) if lora else model).to(load_dtype)
     record = {
         "settings": settings.as_dict(),
-        "lora": {"rank": settings.lora_rank, "alpha": settings.lora_alpha, "dropout": settings.lora_dropout,
-                 "target_modules": LORA_TARGET_MODULES} if lora else None,
+        "lora": _lora_record(settings),
         "trainable_parameters": sum(p.numel() for p in trainable.values()),
         "losses": losses,
         "seconds": seconds,
@@ -185,7 +184,8 @@ def train_sft(
         "examples": [e.clip_id for e in examples],
     }
     _save_atomically(export, processor, output_dir, record)
-    shutil.rmtree(state_dir, ignore_errors=True)
+    if state_dir.exists():
+        shutil.rmtree(state_dir)
     return SftResult(output_dir, losses, seconds, len(examples), resumed.step)
 
 
@@ -197,6 +197,12 @@ def _add_lora(model, settings: SftSettings):
         r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout, target_modules=LORA_TARGET_MODULES
     )
     return get_peft_model(model, config)
+
+
+def _lora_record(settings: SftSettings) -> dict[str, Any] | None:
+    if not settings.lora_rank:
+        return None
+    return {"rank": settings.lora_rank, "alpha": settings.lora_alpha, "dropout": settings.lora_dropout, "target_modules": LORA_TARGET_MODULES}
 
 
 def _fp32_trainable_parameters(model) -> dict[str, Any]:

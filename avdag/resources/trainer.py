@@ -36,6 +36,18 @@ class EmbeddedTrainerResource(SftTrainerResource):
     warmup_steps: int = 10
     seed: int = 0
     device: str = "auto"
+    lora_rank: int = Field(
+        default=0,
+        description="0 trains every weight; >0 trains LoRA adapters of this rank on the language model's attention "
+        "and MLP projections (not the vision tower), merged into the exported checkpoint.",
+    )
+    lora_alpha: int = Field(default=16, description="LoRA scaling numerator: adapters are scaled by lora_alpha / lora_rank.")
+    lora_dropout: float = Field(default=0.0, description="Dropout on the LoRA adapters' input.")
+    checkpoint_every: int = Field(
+        default=50,
+        description="Save resumable training state every this many steps (0: never), so a restarted run continues "
+        "where it stopped. Not part of the checkpoint's identity: it does not change the trained weights.",
+    )
 
     def settings(self) -> SftSettings:
         return SftSettings(
@@ -44,7 +56,18 @@ class EmbeddedTrainerResource(SftTrainerResource):
             learning_rate=self.learning_rate,
             warmup_steps=self.warmup_steps,
             seed=self.seed,
+            lora_rank=self.lora_rank,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
         )
 
     def train(self, base_model, examples, output_dir, progress) -> SftResult:
-        return train_sft(base_model, examples, output_dir, self.settings(), device=self.device, progress=progress)
+        return train_sft(
+            base_model,
+            examples,
+            output_dir,
+            self.settings(),
+            device=self.device,
+            checkpoint_every=self.checkpoint_every,
+            progress=progress,
+        )
