@@ -95,14 +95,23 @@ class VlmCaptioner:
                     return None
                 return frames_pool.submit(self._prepare, [(i, str(video_paths[i])) for i in batch], system_prompt, user_prompt)
 
+            def run_batches(slot: int) -> Iterator[tuple[int, CaptionOutput]]:
+                upcoming = take()
+                while upcoming is not None:
+                    prepared = upcoming.result()
+                    upcoming = take()  # sample the next batch's frames while this one generates
+                    yield from self._generate(slot, prepared)
+
+            if len(self.devices) == 1:
+                # One device: generate on the calling thread. torch's intra-op (OpenMP) pool belongs to
+                # the thread that uses it; a worker thread would spin up and wake a pool of its own.
+                yield from run_batches(0)
+                return
+
             def work(slot: int) -> None:
                 try:
-                    upcoming = take()
-                    while upcoming is not None:
-                        prepared = upcoming.result()
-                        upcoming = take()  # sample the next batch's frames while this one generates
-                        for item in self._generate(slot, prepared):
-                            results.put(item)
+                    for item in run_batches(slot):
+                        results.put(item)
                 except BaseException as error:  # a worker that cannot run (e.g. model load) stops the stream
                     results.put(error)
 
