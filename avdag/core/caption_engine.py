@@ -139,6 +139,11 @@ class VlmCaptioner:
 
     def _prepare(self, batch: list[tuple[int, str]], system_prompt: str, user_prompt: str) -> list[PreparedClip]:
         """Sample frames and render the chat text for each clip of a batch (runs on the frames thread)."""
+        import torch
+
+        # One torch thread here (thread-local): a second intra-op pool spinning beside generate's
+        # halves generation speed on a small CPU; the decoder has FFmpeg's own threads.
+        torch.set_num_threads(1)
         _, processor = self._model(0)
         s = self.settings
         prepared = []
