@@ -45,6 +45,7 @@ ui: $(VENV)/.installed
 ## Benchmarks: side-by-side ratios, printed (never asserted in tests).
 bench: $(VENV)/.installed
 	$(PY) -m avdag_tests.bench.bench_ingest
+	$(PY) -m avdag_tests.bench.bench_captioning
 
 clean:
 	rm -rf $(AVDAG_HOME)

@@ -45,7 +45,7 @@ def _captioner():
     settings = dict(
         model=os.environ.get("AVDAG_MODEL", EMBEDDED_MODEL),
         max_new_tokens=int(os.environ.get("AVDAG_MAX_NEW_TOKENS", "1024")),
-        batch_size=int(os.environ.get("AVDAG_CAPTION_BATCH", "4")),
+        batch_size=int(os.environ["AVDAG_CAPTION_BATCH"]) if os.environ.get("AVDAG_CAPTION_BATCH") else None,
     )
     urls = [u.strip() for u in os.environ.get("AVDAG_VLM_BASE_URLS", "").split(",") if u.strip()]
     if not urls:

@@ -32,7 +32,10 @@ class CaptionerResource(dg.ConfigurableResource):
         default_factory=list,
         description="One model copy per entry (e.g. ['cuda:0', 'cuda:1']) sharing the batch's clips; empty = [device].",
     )
-    batch_size: int = Field(default=4, description="Clips per generate call (left-padded). Does not change greedy answers.")
+    batch_size: int | None = Field(
+        default=None,
+        description="Clips per generate call (left-padded); default 8 on a GPU, 1 on a CPU. Does not change greedy answers.",
+    )
     max_new_tokens: int = Field(default=1024, description="Upper bound; generation stops at the end of the JSON.")
     temperature: float = Field(default=0.0, description="0 = greedy. The recipe samples at 0.1.")
     top_p: float = 0.9

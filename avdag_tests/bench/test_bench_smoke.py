@@ -123,3 +123,30 @@ def test_formatted_report_and_json(sensors, probe):
                    "naive full listing", "avdag probe_video", "naive full decode", "speedup x"):
         assert needle in text
     assert json.loads(json.dumps(report, default=str))["sensor"][1]["backend"] == "s3"
+
+
+@pytest.mark.slow
+def test_captioning_bench_tiny_run(tmp_path):
+    """The captioning benchmark end to end on 2 clips, a 2-step fine-tune and 16-token caps: structure only."""
+    from avdag_tests.bench import bench_captioning as captioning
+
+    sizes = captioning.Sizes(real_copies=1, synthetic_clips=1, train_steps=2, decoder_passes=1,
+                             recipe_max_new_tokens=16, engine_max_new_tokens=16, engine_batch=2)
+    report = captioning.run(sizes, tmp_path)
+    text = captioning.format_report(report)
+    for needle in ("(a) recipe loop", "(b) avdag engine, batch 1 (CPU default)", "(bN) avdag engine, batch 2", "clips/s (b)/(a): x",
+                   "goal >= 4x", "recipe: decode all", "qwen-vl-utils torchcodec reader", "avdag sample_frames",
+                   "goal >= 2x", "fine-tune (not part of the comparison): 2 steps", "machine:"):
+        assert needle in text
+    rows = report["captioning"]["rows"]
+    assert [r["loop"] for r in rows] == ["recipe", "engine_batch1", "engine_batch2"]
+    for row in rows:
+        assert row["clips"] == 2 and row["clips_per_s"] > 0 and row["tokens_per_s"] > 0
+        assert 0 < row["mean_new_tokens"] <= 16
+    assert report["captioning"]["ratio_engine_vs_recipe"] > 0
+    for row in report["decoders"]["rows"].values():
+        assert row["seconds_per_clip"] > 0 and row["clips_per_s"] > 0 and row["peak_rss_growth_kib"] >= 0
+    for agreement in report["decoders"]["agreement"].values():
+        assert agreement["clips"] == 2 and agreement["same_shape"] == 2 and agreement["mean_abs_pixel_diff"] is not None
+    assert report["model"]["steps"] == 2 and not report["model"]["cached"]
+    assert json.loads(json.dumps(report, default=str))["clips"]["total"] == 2
