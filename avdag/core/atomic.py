@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,3 +34,25 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 def write_json_atomic(path: str | Path, value: Any) -> None:
     write_bytes_atomic(path, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+@contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield an empty staging folder beside `path`; on success it replaces `path` (a checkpoint, say).
+
+    Staging folders a killed earlier attempt left behind are removed first. Between removing the old
+    folder and the rename, `path` is briefly absent, never half-written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}.staging-"
+    for stale in path.parent.glob(prefix + "*"):
+        shutil.rmtree(stale)
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+    try:
+        yield staging
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -15,7 +15,6 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import tomllib
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from avdag.core.atomic import atomic_directory
 from avdag.core.cosmos_rl_config import CosmosRlSettings, build_cosmos_rl_config, write_cosmos_rl_toml
 from avdag.core.cosmos_rl_dataset import overlong_examples, write_conversations_jsonl
 from avdag.core.training_loop import Progress, SftExample, SftResult
@@ -252,17 +252,7 @@ def install_export(export_dir: Path, output_dir: Path, processor, record: dict) 
 
     Staging folders left by a killed earlier install of the same output_dir are removed first.
     """
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{output_dir.name}.staging-"
-    for stale in output_dir.parent.glob(prefix + "*"):
-        shutil.rmtree(stale)
-    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=output_dir.parent))
-    try:
+    with atomic_directory(output_dir) as staging:
         shutil.copytree(export_dir, staging, dirs_exist_ok=True)
         processor.save_pretrained(staging)
         (staging / "avdag_training.json").write_text(json.dumps(record, indent=2))
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from avdag.core.atomic import atomic_directory
 from avdag.core.captioning import encode_conversation, load_model_and_processor
 from avdag.core.model_identity import model_fingerprint
 
@@ -372,14 +373,7 @@ def _unflatten_optimizer_state(tensors: dict[str, Any], rest: dict[str, Any]) ->
 
 
 def _save_atomically(model, processor, output_dir: Path, record: dict[str, Any]) -> None:
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".sft-", dir=output_dir.parent))
-    try:
+    with atomic_directory(output_dir) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         (staging / "avdag_training.json").write_text(json.dumps(record, indent=2))
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

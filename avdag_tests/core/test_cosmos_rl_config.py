@@ -21,9 +21,9 @@ from avdag.core.cosmos_rl_config import (
     write_cosmos_rl_toml,
 )
 from avdag.core.cosmos_rl_dataset import overlong_examples, write_conversations_jsonl
-from avdag.core.synthetic import generate_sample_batch
 from avdag.core.training_loop import SftExample, encode_example
 from avdag.sample_batch import REAL_CLIP_DIR
+from avdag_tests.sft_examples import synthetic_sft_examples
 
 # The cookbook recipe's config, verbatim below its license header (nvidia-cosmos/cosmos-cookbook,
 # scripts/examples/reason1/av_video_caption_vqa/avha_sft.toml; Apache-2.0, (c) 2025 NVIDIA CORPORATION).
@@ -242,14 +242,7 @@ def test_cosmos_rl_loads_the_written_toml_as_avdag_meant(cosmos_config_class, tm
 
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory) -> list[SftExample]:
-    root = tmp_path_factory.mktemp("clips")
-    ids = generate_sample_batch(root, "b", 2, seed=0, duration_s=1.0, fps=5)
-    result = []
-    for clip_id in ids:
-        video = str(root / "b" / "videos" / f"{clip_id}.camera_front_wide_120fov.mp4")
-        label = json.loads((root / "b" / "metas" / f"{clip_id}.label.json").read_text())
-        result.append(SftExample(clip_id, video, sft_messages("You label clips.", "Label it.", video, label, fps=2.0, max_pixels=16 * 9 * 28 * 28)))
-    return result
+    return synthetic_sft_examples(tmp_path_factory.mktemp("clips"), 2, seed=0)
 
 
 def load_entry_script():

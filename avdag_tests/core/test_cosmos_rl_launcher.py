@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from avdag.core.conversations import sft_messages
 from avdag.core.cosmos_rl_config import CosmosRlSettings, write_cosmos_rl_toml
 from avdag.core.cosmos_rl_launcher import CosmosRlError, check_executables, install_export, launch_cosmos_rl, train_with_cosmos_rl
-from avdag.core.synthetic import generate_sample_batch
 from avdag.core.training_loop import SftExample
 from avdag.resources.cosmos_trainer import CosmosRlTrainerResource
+from avdag_tests.sft_examples import synthetic_sft_examples
 
 STANDIN = str(Path(__file__).resolve().parents[1] / "cosmos_rl_standin.py")
 
@@ -155,14 +154,7 @@ def test_install_is_all_or_nothing_and_clears_a_killed_installs_staging(tmp_path
 
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory) -> list[SftExample]:
-    root = tmp_path_factory.mktemp("clips")
-    ids = generate_sample_batch(root, "b", 2, seed=1, duration_s=1.0, fps=5)
-    result = []
-    for clip_id in ids:
-        video = str(root / "b" / "videos" / f"{clip_id}.camera_front_wide_120fov.mp4")
-        label = json.loads((root / "b" / "metas" / f"{clip_id}.label.json").read_text())
-        result.append(SftExample(clip_id, video, sft_messages("You label clips.", "Label it.", video, label, fps=2.0, max_pixels=16 * 9 * 28 * 28)))
-    return result
+    return synthetic_sft_examples(tmp_path_factory.mktemp("clips"), 2, seed=1)
 
 
 SMALL_JOB = dict(epochs=2, train_batch_per_replica=1, mini_batch=1, dp_shard_size=1, learning_rate=3e-3, warmup_steps=1, dataloader_num_workers=1)

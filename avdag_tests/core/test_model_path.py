@@ -66,7 +66,7 @@ def test_short_training_lowers_the_loss_and_saves_a_loadable_checkpoint(tiny_mod
     assert losses[-1] < 0.8 * losses[0]
     saved = json.loads((tmp_path / "ckpt" / "avdag_training.json").read_text())
     assert saved["examples"] == ["solidWhiteRight"] and len(saved["losses"]) == 8
-    assert not list(tmp_path.glob(".sft-*")), "staging folder left behind"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"], "staging or state folder left behind"
     load_model_and_processor(str(tmp_path / "ckpt"), "cpu")
 
 
