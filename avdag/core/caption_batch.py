@@ -23,7 +23,7 @@ from avdag.core.labels import FIELDS
 CAPTION_COLUMNS = (
     "clip_id", "batch", "clip_sha256", "caption_source", "model_path", "model_hash", "prompt_hash",
     "generation", "raw_text", "parsed_json", "parse_error", "repaired", "fields_ok", "field_status",
-    "prompt_tokens", "video_tokens", "new_tokens", "seconds", "cached", "caption_error", "caption_key",
+    "prompt_tokens", "video_tokens", "new_tokens", "seconds", "cached", "caption_error", "caption_key", "caption_run_id",
 )
 
 
@@ -59,8 +59,12 @@ def caption_clips(
     cache_dir: Path,
     caption_source: str,
     log: Log = print,
+    run_id: str | None = None,
 ) -> pd.DataFrame:
     """One row per clip (CAPTION_COLUMNS); computes only what the cache lacks.
+
+    `run_id` (the Dagster run) is stored with each newly computed answer, so a cached caption
+    still names the run that produced it.
 
     Each answer is cached the moment it arrives, so a run killed mid-batch loses at most the
     batch in flight. A clip that fails gets a row with its error and is retried on the next run.
@@ -79,7 +83,7 @@ def caption_clips(
     for position, out in captioner.caption_stream(paths, prompts.system_prompt, prompts.user_prompt):
         i = todo[position]
         record = {"raw_text": out.raw_text, "prompt_tokens": out.prompt_tokens, "video_tokens": out.video_tokens,
-                  "new_tokens": out.new_tokens, "seconds": out.seconds, "clip_id": clips["clip_id"].iloc[i]}
+                  "new_tokens": out.new_tokens, "seconds": out.seconds, "clip_id": clips["clip_id"].iloc[i], "run_id": run_id}
         if out.error is None:
             write_json_atomic(cache_dir / f"{keys[i]}.json", record)
         records[i] = {**record, "cached": False, "error": out.error}
@@ -138,6 +142,7 @@ def _row(clip, record, key, captioner: Captioner, prompts, caption_source: str) 
         "cached": record["cached"],
         "caption_error": error,
         "caption_key": key,
+        "caption_run_id": record.get("run_id"),
     }
 
 

@@ -169,3 +169,12 @@ def test_field_failures_count_missing_and_invalid_per_field():
                                               "commonest_problem": "invalid: 'Sunny' is not one of the allowed values"}
     assert table.loc["lighting", "invalid"] == 1 and table.loc["driving_difficulty", "ok"] == 4
     assert list(table.index) == list(FIELDS)
+
+
+def test_a_cached_caption_still_names_the_run_that_computed_it(tiny_model_path, clips, prompts, tmp_path):
+    engine = VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS)
+    frame = _clip_frame(clips[:1])
+    first = caption_clips(engine, frame, prompts, tmp_path, "baseline", log=lambda _: None, run_id="run-1")
+    again = caption_clips(engine, frame, prompts, tmp_path, "baseline", log=lambda _: None, run_id="run-2")
+    assert first["caption_run_id"].tolist() == ["run-1"] and not first["cached"].any()
+    assert again["caption_run_id"].tolist() == ["run-1"] and again["cached"].all()
