@@ -130,6 +130,28 @@ def test_scores_carry_lineage_for_every_eval_clip_and_question(pipeline_run):
         assert scores["judge_id"].iloc[0].startswith("offline:")
 
 
+def test_lineage_traces_a_score_back_to_its_upload_caption_and_checkpoint(pipeline_run, avdag_home):
+    from avdag.core.lineage import LineageError, format_lineage, score_lineage
+
+    result, _, ids = pipeline_run
+    scores = result.output_for_node("finetuned_judge_scores")
+    row = scores[scores["field"] == "lighting"].iloc[0]
+    lineage = score_lineage(avdag_home / "assets", row["clip_id"], "lighting", "finetuned")
+    upload, caption, checkpoint, score = (lineage.sections[k] for k in ("upload", "caption", "checkpoint", "score"))
+    assert upload["sha256"] == row["clip_sha256"] and upload["batch"] == BATCH
+    assert lineage.sections["split"]["split"] == "eval"
+    assert caption["model_hash"] == row["model_hash"] == checkpoint["weights_hash"]
+    assert caption["caption_run_id"] is not None and caption["caption_key"] == row["caption_key"]
+    assert checkpoint["checkpoint_id"] == result.output_for_node("sft_checkpoint")["checkpoint_id"]
+    assert score["human_answer"] == row["human_answer"] and score["judge_reply"] == row["judge_reply"]
+    assert "question lighting" in format_lineage(lineage)
+    with pytest.raises(LineageError, match="fields: weather, lighting"):
+        score_lineage(avdag_home / "assets", row["clip_id"], "no such question", "finetuned")
+    train_clip = next(c for c in ids if split_for(c, EVAL_FRACTION) == "train")
+    with pytest.raises(LineageError, match="not an eval clip"):
+        score_lineage(avdag_home / "assets", train_clip, "weather", "baseline")
+
+
 def test_comparison_report_written_as_png_and_json(pipeline_run, avdag_home):
     result, _, _ = pipeline_run
     report = result.output_for_node("score_comparison")
