@@ -3,7 +3,8 @@
 Resources are chosen here, once, from the environment: OPENAI_API_KEY switches the judge to
 the OpenAI-compatible one, AVDAG_MODEL the captioning model, AVDAG_VLM_BASE_URLS captioning
 through OpenAI-compatible servers, AVDAG_TRAINER=cosmos-rl training through cosmos-rl,
-AVDAG_LANDING_URL the landing zone. Assets never branch on that.
+AVDAG_LANDING_URL the landing zone, AVDAG_PROMPTS_DIR the prompt folder. Assets never branch on that;
+prompts, models and judge settings become the model-driven assets' code versions.
 """
 
 import os
@@ -21,6 +22,7 @@ from avdag.automation.checks import (
 from avdag.automation.jobs import batch_pipeline_job
 from avdag.automation.schedules import nightly_reprocess
 from avdag.automation.sensors import landing_zone_sensor
+from avdag.automation.versions import code_versions, with_code_versions
 from avdag.resources.cosmos_trainer import CosmosRlTrainerResource
 from avdag.resources.captioner import EMBEDDED_MODEL, CaptionerResource
 from avdag.resources.io_managers import JsonIOManager, ParquetIOManager
@@ -44,6 +46,7 @@ def _judge():
 def _captioner():
     settings = dict(
         model=os.environ.get("AVDAG_MODEL", EMBEDDED_MODEL),
+        prompts_dir=os.environ.get("AVDAG_PROMPTS_DIR"),
         max_new_tokens=int(os.environ.get("AVDAG_MAX_NEW_TOKENS", "1024")),
         batch_size=int(os.environ["AVDAG_CAPTION_BATCH"]) if os.environ.get("AVDAG_CAPTION_BATCH") else None,
     )
@@ -79,11 +82,15 @@ def build_resources() -> dict:
     }
 
 
+_resources = build_resources()
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([ingest, splits, captions, training, judging, reports, catalog]),
+    assets=with_code_versions(
+        dg.load_assets_from_modules([ingest, splits, captions, training, judging, reports, catalog]),
+        code_versions(_resources),
+    ),
     asset_checks=[baseline_captions_check, finetuned_captions_check, no_train_eval_leak, quarantine_counts],
     jobs=[batch_pipeline_job],
     sensors=[landing_zone_sensor],
     schedules=[nightly_reprocess],
-    resources=build_resources(),
+    resources=_resources,
 )

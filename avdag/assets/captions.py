@@ -31,7 +31,7 @@ def _run_captioning(context, captioner: CaptionerResource, artifacts: ArtifactSt
                     raw_clips: pd.DataFrame, source: str, **extra_metadata) -> dg.Output:
     engine = captioner.captioner(model_path)
     frame = caption_clips(engine, raw_clips, captioner.prompts(), artifacts.path("cache", "captions"), source,
-                          log=context.log.info, run_id=context.run_id)
+                          log=context.log.info, run_id=context.run.run_id)
     return dg.Output(frame, metadata={**_caption_metadata(frame), **extra_metadata})
 
 
