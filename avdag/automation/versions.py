@@ -1,8 +1,7 @@
 """Code versions of the model-driven assets, from what decides their output besides Python code.
 
 For an LLM pipeline the prompts, the model and the judge are code: changing any of them must mark
-the assets they feed as stale in the UI ("code version changed"), and the nightly schedule then
-re-materializes them. The versions are computed from the configured resources, the same objects
+the assets they feed as stale in the UI ("code version changed"). The versions are computed from the configured resources, the same objects
 the runs use, so they cannot disagree with what actually runs.
 """
 
