@@ -9,6 +9,7 @@ retries and timeouts all run for real. Each test decides the replies with a func
         client = openai.OpenAI(api_key="test", base_url=server.base_url, max_retries=0)
         ...
         server.requests          # every JSON body received, retries included, in order
+        server.request_times     # time.monotonic() at which each of them arrived
         server.max_concurrent_requests  # most chat requests it was answering at one time
 
 Return a str for a normal chat.completion with that content, or a `StubReply` to inject a
@@ -87,9 +88,9 @@ class OpenAIStubServer:
     """ThreadingHTTPServer on 127.0.0.1 (free port) serving POST /v1/chat/completions.
 
     Use as a context manager, or call start()/stop(). `requests` (JSON bodies) and
-    `request_headers` (names lower-cased) are appended under a lock, one entry per HTTP
-    request, so client retries are visible. `max_concurrent_requests` is the most chat
-    requests being answered at once (from receipt until the reply is sent, delay included),
+    `request_headers` (names lower-cased) and `request_times` (time.monotonic() on arrival) are
+    appended under a lock, one entry per HTTP request, so client retries and their spacing are
+    visible. `max_concurrent_requests` is the most chat requests being answered at once (from receipt until the reply is sent, delay included),
     so a test can check a client's parallelism without relying on timing.
     """
 
@@ -97,6 +98,7 @@ class OpenAIStubServer:
         self.reply_fn: ReplyFn = reply_fn or (lambda request: "<answer>5</answer>")
         self.requests: list[dict[str, Any]] = []
         self.request_headers: list[dict[str, str]] = []
+        self.request_times: list[float] = []
         self.max_concurrent_requests = 0
         self._concurrent_requests = 0
         self._lock = threading.Lock()
@@ -149,6 +151,7 @@ class OpenAIStubServer:
         with self._lock:
             self.requests.append(body)
             self.request_headers.append(headers)
+            self.request_times.append(time.monotonic())
             return len(self.requests) - 1
 
     @contextmanager

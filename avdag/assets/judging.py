@@ -33,9 +33,10 @@ def build_judge_scores_asset(source: str) -> dg.AssetsDefinition:
         eval_ids = set(clip_splits.loc[clip_splits["split"] == "eval", "clip_id"])
         eval_clips = raw_clips[raw_clips["clip_id"].isin(eval_ids)]
         scorer = judge.build(prompts)
-        frame = score_captions(scorer, prompts, eval_clips, captions, log=context.log.info)
+        frame, spend = score_captions(scorer, prompts, eval_clips, captions, cache=judge.cache(), log=context.log.info)
         summary = summarize_scores(frame)
         return dg.Output(frame, metadata={
+            **{f"judge_{name}": count for name, count in spend.as_dict().items()},
             "eval_clips": len(eval_clips),
             "scores": int(frame["score"].notna().sum()),
             "judge_id": dg.MetadataValue.text(scorer.judge_id),

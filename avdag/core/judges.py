@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import math
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import openai
+
+from avdag.core.http_retry import failure_text, is_retryable, wait_before_retry
+from avdag.core.judge_cache import judge_cache_scope
 from avdag.core.labels import (
     BOOLEAN_FIELDS,
     CATEGORICAL_FIELDS,
@@ -28,18 +34,55 @@ from avdag.core.scoring import JudgeItem, format_judge_prompt, parse_judge_score
 
 @dataclass(frozen=True)
 class JudgeVerdict:
-    """A judge's reply for one JudgeItem; `error` is set when no reply could be had."""
+    """A judge's reply for one JudgeItem; `error` is set when no reply could be had.
+
+    `attempts` and the token counts are what this verdict cost: HTTP calls made and the usage
+    the server reported over them (0 for a judge that makes no calls).
+    """
 
     score: int | None
     reply: str
     error: str | None = None
+    attempts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 # --------------------------------------------------------------------------- OpenAI chat judge
 
+# At ~200 ms a call, 64 in flight is ~300 calls/s; rate limits answer 429 with Retry-After, which is honoured.
+DEFAULT_MAX_IN_FLIGHT = 64
+
+
+class CallBudget:
+    """At most `limit` HTTP calls across all worker threads (None: no limit)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """Claim one call; False once the budget is spent."""
+        with self._lock:
+            if self.limit is not None and self._used >= self.limit:
+                return False
+            self._used += 1
+            return True
+
+    def spent_text(self) -> str:
+        return f"judge budget of {self.limit} calls spent"
+
 
 class OpenAIChatJudge:
-    """Recipe's judge: any OpenAI-compatible chat endpoint (default model gpt-5)."""
+    """Recipe's judge: any OpenAI-compatible chat endpoint (default model gpt-5), many calls in flight.
+
+    Retries are ours (the client's max_retries=0): 429, 408/409, 5xx, timeouts and lost
+    connections are tried again up to `max_retries` more times, waiting as the server's
+    Retry-After asks, else with exponential backoff and jitter. `budget_calls` caps the HTTP
+    calls (retries included) of one `judge()` call, i.e. of one scoring run; items left when it
+    is spent get an error verdict without a call. A failed item never stops the others.
+    """
 
     def __init__(
         self,
@@ -50,44 +93,79 @@ class OpenAIChatJudge:
         system_prompt: str,
         user_template: str,
         timeout_s: float = 60.0,
-        max_retries: int = 2,
+        max_retries: int = 4,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        budget_calls: int | None = None,
     ) -> None:
-        import openai
-
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if budget_calls is not None and budget_calls < 0:
+            raise ValueError(f"budget_calls must be >= 0 or None, got {budget_calls}")
         self.model = model
         self.system_prompt = system_prompt
         self.user_template = user_template
+        self.max_retries = max_retries
+        self.max_in_flight = max_in_flight
+        self.budget_calls = budget_calls
         # Built eagerly so a missing key or bad URL fails here, not as N errored verdicts.
-        self._client = openai.OpenAI(
-            api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries
-        )
+        self._client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0)
         # The client's resolved URL, so a local server (or OPENAI_BASE_URL) is visible in the id.
         self.judge_id = f"openai:{model}@{str(self._client.base_url).rstrip('/')}"
+        # No URL in the cache scope: the same model behind another address gives the same verdicts.
+        self.cache_scope = judge_cache_scope(f"openai:{model}", system_prompt, user_template)
 
     def judge(self, items: list[JudgeItem]) -> list[JudgeVerdict]:
-        """One chat call per item; a call that still fails after retries yields a None score."""
-        return [self._judge_one(item) for item in items]
+        """Verdicts in item order, up to `max_in_flight` calls at once under one call budget."""
+        if not items:
+            return []
+        budget = CallBudget(self.budget_calls)
+        workers = min(self.max_in_flight, len(items))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-judge") as pool:
+            return list(pool.map(lambda item: self._judge_one(item, budget), items))
 
-    def _judge_one(self, item: JudgeItem) -> JudgeVerdict:
+    def _judge_one(self, item: JudgeItem, budget: CallBudget) -> JudgeVerdict:
         prompt = format_judge_prompt(self.user_template, item.question, item.human_answer, item.model_answer)
-        try:
-            reply = self._complete(prompt)
-        except Exception as exc:  # noqa: BLE001 - one bad call must not stop the run
-            return JudgeVerdict(score=None, reply="", error=f"{type(exc).__name__}: {exc}")
-        if not reply:
-            return JudgeVerdict(score=None, reply="", error="empty reply from judge")
-        return JudgeVerdict(score=parse_judge_score(reply), reply=reply)
+        attempt = 0
+        last_error = ""
+        while True:
+            if not budget.take():
+                spent = budget.spent_text() + (f" (after {last_error})" if last_error else "")
+                return JudgeVerdict(score=None, reply="", error=spent, attempts=attempt)
+            attempt += 1
+            try:
+                return self._verdict(self._complete(prompt), attempt)
+            except (openai.APIStatusError, openai.APIConnectionError) as error:
+                last_error = failure_text(error, attempt)
+                if not is_retryable(error) or attempt > self.max_retries:
+                    return JudgeVerdict(score=None, reply="", error=last_error, attempts=attempt)
+                time.sleep(wait_before_retry(error, attempt))
+            except Exception as error:  # noqa: BLE001 - e.g. an unreadable body; one bad item must not stop the run
+                return JudgeVerdict(score=None, reply="", error=failure_text(error, attempt), attempts=attempt)
 
-    def _complete(self, prompt: str) -> str:
+    @staticmethod
+    def _verdict(response: Any, attempts: int) -> JudgeVerdict:
+        reply = response.choices[0].message.content or ""
+        usage = response.usage
+        tokens = dict(
+            attempts=attempts,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+        )
+        if not reply:
+            return JudgeVerdict(score=None, reply="", error="empty reply from judge", **tokens)
+        return JudgeVerdict(score=parse_judge_score(reply), reply=reply, **tokens)
+
+    def _complete(self, prompt: str) -> Any:
         # No temperature: gpt-5 only accepts the default.
-        response = self._client.chat.completions.create(
+        return self._client.chat.completions.create(
             model=self.model,
             messages=[
                 {"role": "system", "content": self.system_prompt},
                 {"role": "user", "content": prompt},
             ],
         )
-        return response.choices[0].message.content or ""
 
 
 # --------------------------------------------------------------------------- offline judge

@@ -24,17 +24,14 @@ What this relies on in vLLM's OpenAI-compatible server (other servers ignore or 
 from __future__ import annotations
 
 import base64
-import email.utils
 import hashlib
 import io
 import json
 import queue
-import random
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from typing import Any, Literal
 
 import openai
@@ -43,16 +40,12 @@ from PIL import Image
 
 from avdag.core.captioning import CaptionOutput, GenerationSettings
 from avdag.core.conversations import Message, caption_messages
+from avdag.core.http_retry import failure_text, is_retryable, retry_after_s, wait_before_retry  # noqa: F401 - retry_after_s re-exported
 from avdag.core.video import FRAME_FACTOR, IMAGE_FACTOR, SampledVideo, VideoError, sample_frames
 
 VideoTransport = Literal["frames", "video"]
 VIDEO_TRANSPORTS: tuple[VideoTransport, ...] = ("frames", "video")
 FRAME_JPEG_QUALITY = 95
-# What the OpenAI client itself retries: timeouts, lock conflicts, rate limits, server errors.
-RETRYABLE_STATUSES = frozenset({408, 409, 429})
-BACKOFF_BASE_S = 1.0
-MAX_RETRY_WAIT_S = 30.0
-_SERVER_MESSAGE_CHARS = 300
 
 
 def remote_model_hash(model: str, model_revision: str, video_transport: VideoTransport) -> str:
@@ -139,64 +132,6 @@ def _openai_content(content: str | list[dict[str, Any]], video_parts: list[dict[
 
 class NoAnswer(Exception):
     """The server gave no answer for a clip: an error after every allowed attempt, or an empty reply."""
-
-
-def _attempts_text(attempts: int) -> str:
-    return f"{attempts} attempt" + ("" if attempts == 1 else "s")
-
-
-def _server_message(error: openai.APIStatusError) -> str:
-    """The server's own words: the OpenAI error body's message, else the raw body, shortened."""
-    body = error.body
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"]
-    return str(body)[:_SERVER_MESSAGE_CHARS] if body else error.message
-
-
-def retry_after_s(headers) -> float | None:
-    """The wait a server asks for: `retry-after-ms`, or `Retry-After` in seconds or as an HTTP date."""
-    if (milliseconds := headers.get("retry-after-ms")) is not None:
-        try:
-            return float(milliseconds) / 1000
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # "-0000" dates parse naive; HTTP dates are UTC
-        when = when.replace(tzinfo=timezone.utc)
-    return (when - datetime.now(timezone.utc)).total_seconds()
-
-
-def backoff_s(attempt: int) -> float:
-    """Exponential backoff with jitter, so many workers retrying at once do not retry in step."""
-    return min(MAX_RETRY_WAIT_S, BACKOFF_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-
-
-def _wait_before_retry(error: Exception, attempt: int) -> float:
-    asked = retry_after_s(error.response.headers) if isinstance(error, openai.APIStatusError) else None
-    wait = backoff_s(attempt) if asked is None else asked
-    return min(MAX_RETRY_WAIT_S, max(0.0, wait))
-
-
-def _is_retryable(error: Exception) -> bool:
-    if isinstance(error, openai.APIStatusError):
-        return error.status_code in RETRYABLE_STATUSES or error.status_code >= 500
-    return isinstance(error, openai.APIConnectionError)  # includes APITimeoutError
-
-
-def _failure_text(error: Exception, attempts: int) -> str:
-    if isinstance(error, openai.APIStatusError):
-        return f"HTTP {error.status_code} after {_attempts_text(attempts)}: {_server_message(error)}"
-    return f"{type(error).__name__} after {_attempts_text(attempts)}: {error}"
 
 
 # --------------------------------------------------------------------------- the captioner
@@ -331,7 +266,7 @@ class OpenAIVlmCaptioner:
                     extra_body={"repetition_penalty": s.repetition_penalty, **video_fields},
                 )
             except (openai.APIStatusError, openai.APIConnectionError) as error:
-                if not _is_retryable(error) or attempt > self.max_retries:
-                    raise NoAnswer(_failure_text(error, attempt)) from error
-                time.sleep(_wait_before_retry(error, attempt))
+                if not is_retryable(error) or attempt > self.max_retries:
+                    raise NoAnswer(failure_text(error, attempt)) from error
+                time.sleep(wait_before_retry(error, attempt))
                 attempt += 1

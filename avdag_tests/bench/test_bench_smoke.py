@@ -150,3 +150,21 @@ def test_captioning_bench_tiny_run(tmp_path):
         assert agreement["clips"] == 2 and agreement["same_shape"] == 2 and agreement["mean_abs_pixel_diff"] is not None
     assert report["model"]["steps"] == 2 and not report["model"]["cached"]
     assert json.loads(json.dumps(report, default=str))["clips"]["total"] == 2
+
+
+def test_judge_bench_tiny_run(tmp_path):
+    """The judge benchmark on 2 clips with 10 ms latency: every item judged once, the re-run all cache hits."""
+    from avdag_tests.bench import bench_judge as judge_bench
+
+    report = judge_bench.run(judge_bench.Sizes(clips=2, recipe_calls=3, latency_s=0.01), tmp_path)
+    text = judge_bench.format_report(report)
+    for needle in ("(a) recipe loop (first 3 items", "(b) avdag, 64 in flight (default)", "(c) avdag, 16 in flight",
+                   "calls/s (b)/(a): x", "goal >= 50x", "(b2) re-run over the same items: 0 calls", "machine:"):
+        assert needle in text
+    recipe, default, narrow, rerun = report["rows"]
+    assert recipe["items"] == recipe["calls"] == recipe["scored"] == 3
+    for row in (default, narrow):
+        assert row["items"] == row["calls"] == row["server_requests"] == 30 and row["failures"] == 0
+    assert rerun["calls"] == rerun["server_requests"] == 0 and rerun["cache_hits"] == 30
+    assert report["ratio_default_vs_recipe"] > 0 and 1 < report["server_peak_in_flight"] <= judge_bench.DEFAULT_MAX_IN_FLIGHT
+    assert json.loads(json.dumps(report))["items"] == 30

@@ -58,26 +58,24 @@ def test_openai_judge_sends_recipe_messages_and_parses_replies() -> None:
 
     assert judge.judge_id == f"openai:gpt-5@{server.base_url}"
     assert verdicts == [
-        JudgeVerdict(score=4, reply="Same weather.\n<answer>4</answer>"),
-        JudgeVerdict(score=2, reply="Different. 2"),
+        JudgeVerdict(score=4, reply="Same weather.\n<answer>4</answer>", attempts=1, prompt_tokens=10, completion_tokens=3),
+        JudgeVerdict(score=2, reply="Different. 2", attempts=1, prompt_tokens=10, completion_tokens=2),
     ]
     assert len(server.requests) == 2
-    for item, request in zip(items, server.requests):
+    by_prompt = {_user_prompt(request): request for request in server.requests}  # calls run concurrently
+    for item in items:
+        request = by_prompt[format_judge_prompt(USER_TEMPLATE, item.question, item.human_answer, item.model_answer)]
         assert request["model"] == "gpt-5"
         assert "temperature" not in request
-        assert request["messages"] == [
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": format_judge_prompt(USER_TEMPLATE, item.question,
-                                                            item.human_answer, item.model_answer)},
-        ]
-    assert "['Yield to VRUs']\nLLM:\nNone\n" in _user_prompt(server.requests[1])
+        assert request["messages"][0] == {"role": "system", "content": SYSTEM_PROMPT}
+    assert any("['Yield to VRUs']\nLLM:\nNone\n" in prompt for prompt in by_prompt)
     assert server.request_headers[0]["authorization"] == "Bearer sk-test"
 
 
 def test_openai_judge_reply_without_score_is_none_not_error() -> None:
     with OpenAIStubServer(lambda request: "bad") as server:
         [verdict] = _openai_judge(server, model="judge-model").judge([_item("lane_type", "a", "b")])
-    assert verdict == JudgeVerdict(score=None, reply="bad", error=None)
+    assert verdict == JudgeVerdict(score=None, reply="bad", error=None, attempts=1, prompt_tokens=10, completion_tokens=1)
     assert server.requests[0]["model"] == "judge-model"
 
 
@@ -107,7 +105,7 @@ def test_openai_judge_timeout_becomes_error_verdict() -> None:
         judge = _openai_judge(server, timeout_s=0.2)
         verdicts = judge.judge([_item("road_type", "a", "SLOW"), _item("lane_type", "a", "b")])
     assert verdicts[0].score is None and "Timeout" in (verdicts[0].error or "")
-    assert verdicts[1] == JudgeVerdict(score=3, reply="<answer>3</answer>")
+    assert verdicts[1] == JudgeVerdict(score=3, reply="<answer>3</answer>", attempts=1, prompt_tokens=10, completion_tokens=1)
 
 
 def test_openai_judge_unreachable_server_is_an_error_verdict() -> None:

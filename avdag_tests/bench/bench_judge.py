@@ -1,0 +1,161 @@
+"""Benchmark: LLM-judge throughput, the cookbook's one-call-at-a-time loop vs avdag's judge, and its cache.
+
+    python -m avdag_tests.bench.bench_judge              # 200 clips x 15 questions = 3,000 items
+    python -m avdag_tests.bench.bench_judge --quick      # 20 clips x 15 questions = 300 items
+    python -m avdag_tests.bench.bench_judge --json out.json
+
+The judge endpoint is `OpenAIStubServer` on loopback (a real HTTP server, one thread per request, so
+concurrent requests overlap) answering every chat call after a fixed latency (200 ms) with
+"<answer>N</answer>". The items are synthetic JudgeItems, 15 questions per clip, every model
+answer unique, so no two items share a cache key. Both loops use the real `openai` client.
+
+(a) recipe loop, as the cookbook's `avha_judge.py` does it: one call at a time, then a 0.1 s sleep.
+    Its rate does not depend on how many items there are, so it is timed on the first
+    `recipe_calls` items only (100 in the full run) and reported as calls/s.
+(b) avdag: `judge_items` (what `score_captions` runs: cache lookup, one `judge()` call over every
+    miss, store) with `OpenAIChatJudge` at its default `max_in_flight` (64), over all items.
+(c) the same with 16 in flight, a setting for a low rate limit: at 200 ms latency 16 in flight allow
+    at most 80 calls/s, i.e. 24x the recipe's 3.3 calls/s; the 50x goal needs about 34 or more.
+(b2) (b) again over the same items and the same cache: the goal is 0 calls, all cache hits.
+
+Nothing here asserts a timing; numbers are printed (and optionally written as JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+
+from avdag.core.judge_batch import judge_items, spend_of
+from avdag.core.judge_cache import JudgeCache
+from avdag.core.judges import DEFAULT_MAX_IN_FLIGHT, OpenAIChatJudge
+from avdag.core.scoring import JudgeItem, format_judge_prompt, parse_judge_score
+from avdag_tests.openai_stub_server import OpenAIStubServer, StubReply
+
+SYSTEM_PROMPT = "You are a helpful assistant who has been tasked with evaluating the reponses."
+USER_TEMPLATE = "Given the question ``%s'', human:\n%s\nLLM:\n%s\n<answer>[Single digit between 1 and 5]</answer>"
+RECIPE_SLEEP_S = 0.1  # the cookbook's judge script sleeps this long after every call
+QUESTIONS_PER_CLIP = 15
+NARROW_IN_FLIGHT = 16
+
+
+@dataclass(frozen=True)
+class Sizes:
+    clips: int
+    recipe_calls: int
+    latency_s: float = 0.2
+
+
+FULL = Sizes(clips=200, recipe_calls=100)
+QUICK = Sizes(clips=20, recipe_calls=30)
+
+
+def synthetic_items(clips: int) -> list[JudgeItem]:
+    """15 questions per clip, every answer unique to its clip."""
+    return [
+        JudgeItem(f"field_{q}", f"Question {q}?", f"human answer {q} for clip {c}", f"model answer {q} for clip {c}")
+        for c in range(clips) for q in range(QUESTIONS_PER_CLIP)
+    ]
+
+
+def _reply(request: dict, latency_s: float) -> StubReply:
+    return StubReply(content=f"The answers agree. <answer>{len(request['messages'][1]['content']) % 5 + 1}</answer>",
+                     delay_s=latency_s)
+
+
+def bench_recipe(server: OpenAIStubServer, items: list[JudgeItem]) -> dict:
+    """(a) one call at a time, then the recipe's sleep; the client's own retries, as the recipe has them."""
+    client = openai.OpenAI(api_key="sk-bench", base_url=server.base_url)
+    scores = []
+    started = time.perf_counter()
+    for item in items:
+        prompt = format_judge_prompt(USER_TEMPLATE, item.question, item.human_answer, item.model_answer)
+        response = client.chat.completions.create(
+            model="gpt-5", messages=[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}])
+        scores.append(parse_judge_score(response.choices[0].message.content))
+        time.sleep(RECIPE_SLEEP_S)
+    seconds = time.perf_counter() - started
+    return {"loop": "recipe", "items": len(items), "calls": len(items), "seconds": seconds,
+            "calls_per_s": len(items) / seconds, "scored": sum(s is not None for s in scores)}
+
+
+def bench_avdag(server: OpenAIStubServer, items: list[JudgeItem], cache: JudgeCache, max_in_flight: int,
+                loop: str) -> dict:
+    """(b)/(c)/(b2) `judge_items` over all items: cache lookup, concurrent judge calls for misses, store."""
+    judge = OpenAIChatJudge(api_key="sk-bench", base_url=server.base_url, system_prompt=SYSTEM_PROMPT,
+                            user_template=USER_TEMPLATE, max_in_flight=max_in_flight)
+    requests_before = len(server.requests)
+    started = time.perf_counter()
+    spend = spend_of(judge_items(judge, items, cache))
+    seconds = time.perf_counter() - started
+    return {"loop": loop, "max_in_flight": max_in_flight, "items": len(items), "calls": spend.calls,
+            "server_requests": len(server.requests) - requests_before, "cache_hits": spend.cache_hits,
+            "failures": spend.failures, "seconds": seconds, "calls_per_s": spend.calls / seconds}
+
+
+def run(sizes: Sizes, work: Path) -> dict:
+    items = synthetic_items(sizes.clips)
+    with OpenAIStubServer(lambda request: _reply(request, sizes.latency_s)) as server:
+        recipe = bench_recipe(server, items[: sizes.recipe_calls])
+        default_cache = JudgeCache(work / "default" / "judge.sqlite")
+        default = bench_avdag(server, items, default_cache, DEFAULT_MAX_IN_FLIGHT, "avdag_default")
+        narrow = bench_avdag(server, items, JudgeCache(work / "narrow" / "judge.sqlite"), NARROW_IN_FLIGHT, "avdag_narrow")
+        rerun = bench_avdag(server, items, default_cache, DEFAULT_MAX_IN_FLIGHT, "avdag_rerun")
+        peak = server.max_concurrent_requests
+    return {
+        "machine": f"{platform.machine()} {platform.processor() or ''} python {platform.python_version()}".strip(),
+        "latency_s": sizes.latency_s, "clips": sizes.clips, "items": len(items),
+        "rows": [recipe, default, narrow, rerun], "server_peak_in_flight": peak,
+        "ratio_default_vs_recipe": default["calls_per_s"] / recipe["calls_per_s"],
+        "ratio_narrow_vs_recipe": narrow["calls_per_s"] / recipe["calls_per_s"],
+    }
+
+
+def format_report(report: dict) -> str:
+    recipe, default, narrow, rerun = report["rows"]
+    lines = [
+        f"judge benchmark: {report['clips']} clips x {QUESTIONS_PER_CLIP} questions = {report['items']} items, "
+        f"{report['latency_s'] * 1000:.0f} ms per call on loopback",
+        f"(a) recipe loop (first {recipe['items']} items, +{RECIPE_SLEEP_S}s sleep): "
+        f"{recipe['calls_per_s']:.2f} calls/s ({recipe['seconds']:.1f} s)",
+    ]
+    for label, row in ((f"(b) avdag, {DEFAULT_MAX_IN_FLIGHT} in flight (default)", default),
+                       (f"(c) avdag, {NARROW_IN_FLIGHT} in flight", narrow)):
+        lines.append(f"{label}: {row['calls']} calls in {row['seconds']:.1f} s = {row['calls_per_s']:.1f} calls/s, "
+                     f"{row['failures']} failures")
+    lines += [
+        f"calls/s (b)/(a): x{report['ratio_default_vs_recipe']:.1f} (goal >= 50x)",
+        f"calls/s (c)/(a): x{report['ratio_narrow_vs_recipe']:.1f} ({NARROW_IN_FLIGHT} in flight cap it at "
+        f"x{NARROW_IN_FLIGHT * (report['latency_s'] + RECIPE_SLEEP_S) / report['latency_s']:.0f})",
+        f"(b2) re-run over the same items: {rerun['calls']} calls, {rerun['server_requests']} server requests, "
+        f"{rerun['cache_hits']}/{rerun['items']} cache hits in {rerun['seconds']:.2f} s (goal: 0 calls)",
+        f"server peak in flight: {report['server_peak_in_flight']}",
+        f"machine: {report['machine']}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="20 clips (300 items), 30 recipe calls (< 30 s)")
+    parser.add_argument("--json", type=Path, help="also write the numbers as JSON here")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="avdag-bench-judge-") as work:
+        report = run(QUICK if args.quick else FULL, Path(work))
+    print(format_report(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
