@@ -144,6 +144,7 @@ def test_lineage_traces_a_score_back_to_its_upload_caption_and_checkpoint(pipeli
     assert caption["caption_run_id"] is not None and caption["caption_key"] == row["caption_key"]
     assert checkpoint["checkpoint_id"] == result.output_for_node("sft_checkpoint")["checkpoint_id"]
     assert score["human_answer"] == row["human_answer"] and score["judge_reply"] == row["judge_reply"]
+    assert score["score_run_id"] == result.run_id
     assert "question lighting" in format_lineage(lineage)
     with pytest.raises(LineageError, match="fields: weather, lighting"):
         score_lineage(avdag_home / "assets", row["clip_id"], "no such question", "finetuned")

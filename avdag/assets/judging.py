@@ -34,6 +34,7 @@ def build_judge_scores_asset(source: str) -> dg.AssetsDefinition:
         eval_clips = raw_clips[raw_clips["clip_id"].isin(eval_ids)]
         scorer = judge.build(prompts)
         frame, spend = score_captions(scorer, prompts, eval_clips, captions, cache=judge.cache(), log=context.log.info)
+        frame["score_run_id"] = context.run.run_id  # with caption_run_id, the runs behind every score
         summary = summarize_scores(frame)
         return dg.Output(frame, metadata={
             **{f"judge_{name}": count for name, count in spend.as_dict().items()},
