@@ -54,18 +54,25 @@ def _print_step_times(instance, run_id: str) -> None:
 
 
 def _print_report() -> None:
+    from avdag.core.report import format_difference
+
     report_path = avdag_home() / "reports" / "comparison.json"
     report = json.loads(report_path.read_text())
     print(f"\nJudge scores on {report['eval_clips']} eval clip(s), judge {', '.join(report['judge_ids'])}")
-    print(f"{'question':<34}{'baseline':>10}{'finetuned':>11}")
+    print("mean per question (a missing answer counts as 1); diff = fine-tuned - baseline, paired by clip, "
+          "with its bootstrap 95% interval")
+    print(f"{'question':<34}{'baseline':>10}{'finetuned':>11}   {'diff [95% interval]':<28}{'scored b/f':>12}")
     for row in report["table"]:
-        print(f"{row['field']:<34}{_num(row['baseline_mean_score_strict']):>10}{_num(row['finetuned_mean_score_strict']):>11}")
-    print(f"fine-tuned better on {report['questions_finetuned_better']}/{report['questions']} questions "
-          "(a missing answer counts as 1)")
-    for row in report["multiple_choice_accuracy"]["finetuned"]:
-        if row["field"] in ("weather", "lighting"):
-            print(f"fine-tuned exact accuracy on {row['field']}: {_num(row['accuracy'])} "
-                  f"(majority-class rate {_num(row['majority_rate'])}, n={row['n']})")
+        scored = f"{row['baseline_scored_n']}/{row['finetuned_scored_n']} of {row['n']}"
+        print(f"{row['field']:<34}{_num(row['baseline_mean_score_strict']):>10}"
+              f"{_num(row['finetuned_mean_score_strict']):>11}   {format_difference(row):<28}{scored:>12}")
+    print(f"fine-tuned significantly better on {report['questions_finetuned_better']}, worse on "
+          f"{report['questions_finetuned_worse']}, n.s. on {len(report['questions_not_significant'])} "
+          f"of {report['questions']} questions")
+    print(f"\n{'exact accuracy':<34}{'baseline':>10}{'finetuned':>11}   always the majority answer")
+    for row in report["multiple_choice_accuracy"]:
+        print(f"{row['field']:<34}{_num(row['baseline_accuracy']):>10}{_num(row['finetuned_accuracy']):>11}   "
+              f"{_num(row['majority_accuracy'])} ({json.dumps(row['majority_answer'])}, n={row['n']})")
     print(f"\nchart: {avdag_home() / 'reports' / 'comparison.png'}")
     print(f"table: {report_path}")
     print('search the clips: .venv/bin/avdag search weather="Light rain" night   (more in the README)')

@@ -1,110 +1,131 @@
-"""Baseline vs fine-tuned: per-question table and bar chart, as the recipe's sft_results figure.
+"""Baseline vs fine-tuned: per-question table and chart, as the recipe's sft_results figure.
 
-Two means are reported. `mean_score` is the recipe's: the mean over answers the judge scored.
-`mean_score_strict` also counts a question the model did not answer (unparseable reply, missing
-field, failed judge call) as 1, the rubric's lowest grade — otherwise a model that answers
-nothing would have no mean at all and could not lose.
+The numbers come from `avdag.core.score_stats`. Two means are reported. `mean_score` is the
+recipe's: the mean over answers the judge scored. `mean_score_strict` also counts a question
+the model did not answer (unparseable reply, missing field, failed judge call) as 1, the
+rubric's lowest grade — otherwise a model that answers nothing would have no mean at all and
+could not lose. Whether fine-tuning helped is read off the paired difference and its
+bootstrap interval, not off the two means.
 """
 
 from __future__ import annotations
 
 import io
-import math
-from typing import Any
+from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
-from avdag.core.scoring import summarize_scores
+from avdag.core.score_stats import SOURCES, question_stats
 
-SOURCES = ("baseline", "finetuned")
-
-
-def strict_mean(scores: pd.Series) -> float:
-    values = pd.to_numeric(scores, errors="coerce").fillna(1.0)
-    return float(values.mean()) if len(values) else math.nan
+NOT_SIGNIFICANT = "n.s."
 
 
-def compare_scores(baseline: pd.DataFrame, finetuned: pd.DataFrame, questions: list[str]) -> pd.DataFrame:
-    """One row per question: the recipe's summary for both sources and the strict means."""
-    table = pd.DataFrame({"field": questions})
-    for source, rows in zip(SOURCES, (baseline, finetuned)):
-        summary = summarize_scores(rows).set_index("field").reindex(questions)
-        for column in ("num_results", "num_scores", "mean_score", "success_rate"):
-            table[f"{source}_{column}"] = summary[column].to_numpy()
-        strict = rows.groupby("field")["score"].apply(strict_mean) if len(rows) else pd.Series(dtype=float)
-        table[f"{source}_mean_score_strict"] = strict.reindex(questions).to_numpy()
-    table["finetuned_better"] = table["finetuned_mean_score_strict"] > table["baseline_mean_score_strict"]
+def compare_scores(
+    baseline: pd.DataFrame, finetuned: pd.DataFrame, questions: list[str], *, n_boot: int = 2000, seed: int = 0
+) -> pd.DataFrame:
+    """`question_stats` (missing = 1) with the verdict per question: better, worse, or neither."""
+    table = question_stats(baseline, finetuned, questions=questions, n_boot=n_boot, seed=seed, missing_as=1)
+    table["finetuned_better"] = table["significant"] & (table["diff"] > 0)
+    table["finetuned_worse"] = table["significant"] & (table["diff"] < 0)
     return table
 
 
-def comparison_chart_png(table: pd.DataFrame, title: str) -> bytes:
-    """Grouped bars of the strict mean per question (1-5), with the recipe mean as a marker."""
+@dataclass(frozen=True)
+class ComparisonChart:
+    """The chart as PNG bytes, and the questions it marks as not significantly different."""
+
+    png: bytes
+    not_significant: list[str]
+
+
+def comparison_chart(table: pd.DataFrame, title: str) -> ComparisonChart:
+    """Bars of the strict mean per question (1-5) with bootstrap 95% intervals as error bars.
+
+    The recipe's mean over scored answers is a black marker. A question whose paired
+    difference is not significant gets a hatched fine-tuned bar and a grey "n.s." label, so
+    a gap between two bars is never read as a win on its own.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fields = list(table["field"])
-    x = range(len(fields))
+    x = np.arange(len(fields))
     width = 0.38
+    not_significant = ~table["significant"].to_numpy(dtype=bool)
     fig, ax = plt.subplots(figsize=(max(8, 0.75 * len(fields)), 4.8), dpi=110)
     colors = {"baseline": "#9aa5b1", "finetuned": "#2f7ed8"}
     for offset, source in zip((-width / 2, width / 2), SOURCES):
-        xs = [i + offset for i in x]
-        ax.bar(xs, table[f"{source}_mean_score_strict"].fillna(0), width, label=f"{source} (missing = 1)", color=colors[source])
+        xs = x + offset
+        means = table[f"{source}_mean_score_strict"].to_numpy(dtype=float)
+        bars = ax.bar(xs, np.nan_to_num(means), width, label=f"{source} (missing = 1)", color=colors[source])
+        if source == "finetuned":
+            for bar, unmarked in zip(bars, not_significant):
+                bar.set_hatch("//" if unmarked else None)
+        _error_bars(ax, xs, means, table[f"{source}_strict_low"], table[f"{source}_strict_high"])
         ax.scatter(xs, table[f"{source}_mean_score"], marker="_", s=220, color="black", zorder=3,
                    label="mean over scored answers" if source == "finetuned" else None)
-    ax.set_xticks(list(x))
-    ax.set_xticklabels(fields, rotation=40, ha="right", fontsize=8)
-    ax.set_ylim(0, 5.2)
-    ax.set_ylabel("judge score (1-5)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.set_xticks(x)
+    labels = ax.set_xticklabels(
+        [f"{field} ({NOT_SIGNIFICANT})" if flag else field for field, flag in zip(fields, not_significant)],
+        rotation=40, ha="right", fontsize=8,
+    )
+    for label, flag in zip(labels, not_significant):
+        label.set_color("grey" if flag else "black")
+    ax.set_ylim(0, 6)  # room above 5 for the legend
+    ax.set_yticks(range(6))
+    ax.set_ylabel("judge score (1-5), 95% bootstrap interval")
+    ax.set_title(f"{title}\n{NOT_SIGNIFICANT} / hatched: the paired difference's 95% interval includes 0", fontsize=9)
+    ax.legend(fontsize=8, loc="upper center", ncol=3)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
+    marked = [label.get_text().removesuffix(f" ({NOT_SIGNIFICANT})") for label in ax.get_xticklabels()
+              if label.get_text().endswith(f"({NOT_SIGNIFICANT})")]
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
-    return buffer.getvalue()
+    return ComparisonChart(png=buffer.getvalue(), not_significant=marked)
+
+
+def _error_bars(ax, xs: np.ndarray, means: np.ndarray, low: pd.Series, high: pd.Series) -> None:
+    """Asymmetric error bars where an interval exists (it needs two clips)."""
+    low, high = low.to_numpy(dtype=float), high.to_numpy(dtype=float)
+    has_interval = ~np.isnan(low)
+    ax.errorbar(xs[has_interval], means[has_interval],
+                yerr=[means[has_interval] - low[has_interval], high[has_interval] - means[has_interval]],
+                fmt="none", ecolor="black", elinewidth=1, capsize=3, zorder=4)
 
 
 def table_as_markdown(table: pd.DataFrame) -> str:
-    columns = ["field", "baseline_mean_score_strict", "finetuned_mean_score_strict", "baseline_mean_score",
-               "finetuned_mean_score", "baseline_success_rate", "finetuned_success_rate", "finetuned_num_results"]
-    return table[columns].round(2).to_markdown(index=False)
+    """The per-question table for Dagster metadata: counts, failure rates, means, difference."""
+    shown = pd.DataFrame({"field": table["field"], "n": table["n"]})
+    for source in SOURCES:
+        shown[f"{source} scored"] = table[f"{source}_scored_n"]
+        shown[f"{source} no answer"] = table[f"{source}_no_answer_rate"].round(2)
+        shown[f"{source} judge failed"] = table[f"{source}_judge_failure_rate"].round(2)
+        shown[f"{source} mean"] = table[f"{source}_mean_score_strict"].round(2)
+    shown["diff (95% CI)"] = [format_difference(row) for row in table.to_dict("records")]
+    return shown.to_markdown(index=False)
 
 
-def multiple_choice_accuracy(rows: pd.DataFrame, field: str) -> dict[str, Any]:
-    """Exact accuracy on a closed-answer field next to always answering the eval set's majority label.
+def format_difference(row: dict) -> str:
+    """'+0.40 [+0.10, +0.70]', with ' n.s.' when the interval includes 0 (or there is none)."""
+    diff, low, high = row["diff"], row["diff_low"], row["diff_high"]
+    interval = "[n/a]" if _missing(low) else f"[{low:+.2f}, {high:+.2f}]"
+    text = f"{'n/a' if _missing(diff) else f'{diff:+.2f}'} {interval}"
+    return text if row["significant"] else f"{text} {NOT_SIGNIFICANT}"
 
-    Tells whether the video reaches the model: a model that ignores the picture cannot beat
-    the majority rate for long.
-    """
-    import json
 
-    from avdag.core.labels import BOOLEAN_FIELDS, CATEGORICAL_FIELDS, canonical_boolean, canonical_choice
+def _missing(value) -> bool:
+    return value is None or value != value
 
-    def canon(value: Any) -> Any:
-        if field in CATEGORICAL_FIELDS:
-            return canonical_choice(value, CATEGORICAL_FIELDS[field])
-        if field in BOOLEAN_FIELDS:
-            return canonical_boolean(value)
-        return value
 
-    subset = rows[rows["field"] == field]
-    truth = [canon(json.loads(h)) for h in subset["human_answer"]]
-    predicted = [canon(json.loads(m)) if isinstance(m, str) else None for m in subset["model_answer"]]
-    n = len(truth)
-    if n == 0:
-        return {"field": field, "n": 0, "accuracy": math.nan, "majority_class": None, "majority_rate": math.nan}
-    majority = max(set(map(str, truth)), key=[str(t) for t in truth].count)
-    return {
-        "field": field,
-        "n": n,
-        "accuracy": sum(p is not None and p == t for p, t in zip(predicted, truth)) / n,
-        "majority_class": majority,
-        "majority_rate": [str(t) for t in truth].count(majority) / n,
-    }
+def multiple_choice_markdown(table: pd.DataFrame) -> str:
+    """Exact accuracy per closed-answer field beside always giving the majority answer."""
+    shown = table[["field", "n", "baseline_accuracy", "finetuned_accuracy", "majority_accuracy", "majority_answer"]]
+    return shown.round(2).to_markdown(index=False)
 
 
 def loss_curve_png(losses: list[tuple[int, float]] | list[list[float]]) -> bytes:
