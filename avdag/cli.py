@@ -120,6 +120,19 @@ def ui(port: int) -> int:
     return subprocess.call([sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-p", str(port)])
 
 
+def lineage(clip_id: str, question: str, source: str, as_json: bool) -> int:
+    """Print where one score came from; a clear message (exit 2) when there is no such score."""
+    from avdag.core.lineage import LineageError, format_lineage, score_lineage
+
+    try:
+        chain = score_lineage(avdag_home() / "assets", clip_id, question, source)
+    except LineageError as error:
+        print(f"avdag lineage: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(chain.sections, indent=2, default=str) if as_json else format_lineage(chain))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="avdag", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     p_search.add_argument("query", nargs="*")
     p_search.add_argument("--limit", type=int, default=20)
     p_search.add_argument("--where", help="raw SQL WHERE fragment (trusted input), ANDed with the query")
+    p_lineage = sub.add_parser("lineage", help="the chain behind one score, from upload to judge")
+    p_lineage.add_argument("clip_id")
+    p_lineage.add_argument("question", help="a field name (e.g. weather) or words of the question")
+    p_lineage.add_argument("--source", choices=["baseline", "finetuned"], default="finetuned")
+    p_lineage.add_argument("--json", action="store_true", help="print the chain as JSON")
     p_ui = sub.add_parser("ui", help="start the Dagster UI on $AVDAG_HOME")
     p_ui.add_argument("--port", type=int, default=3000)
     args, extra = parser.parse_known_args(argv)
@@ -154,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_batch(args.batch)
     if args.command == "search":
         return search(args.query, args.limit, args.where)
+    if args.command == "lineage":
+        return lineage(args.clip_id, args.question, args.source, args.json)
     return ui(args.port)
 
 

@@ -153,6 +153,18 @@ def test_lineage_traces_a_score_back_to_its_upload_caption_and_checkpoint(pipeli
         score_lineage(avdag_home / "assets", train_clip, "weather", "baseline")
 
 
+def test_cli_lineage_prints_the_chain_and_names_what_is_missing(pipeline_run, capsys):
+    from avdag.cli import main
+
+    result, _, _ = pipeline_run
+    row = result.output_for_node("baseline_judge_scores").iloc[0]
+    assert main(["lineage", row["clip_id"], row["field"], "--source", "baseline", "--json"]) == 0
+    chain = json.loads(capsys.readouterr().out)
+    assert chain["score"]["judge_reply"] == row["judge_reply"] and chain["upload"]["sha256"] == row["clip_sha256"]
+    assert main(["lineage", "no-such-clip", "weather"]) == 2
+    assert "no finetuned score for clip 'no-such-clip'" in capsys.readouterr().err
+
+
 def test_comparison_report_written_as_png_and_json(pipeline_run, avdag_home):
     result, _, _ = pipeline_run
     report = result.output_for_node("score_comparison")
