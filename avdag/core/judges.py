@@ -228,7 +228,7 @@ def _canonical_difficulty(value: Any) -> int | None:
     return value if isinstance(value, int) and 1 <= value <= 4 else None
 
 
-def _canonical_multiple_choice(field: str, value: Any) -> Any:
+def canonical_multiple_choice(field: str, value: Any) -> Any:
     """The allowed value `value` spells for a closed-set field, or None if it spells none."""
     if field in CATEGORICAL_FIELDS:
         return canonical_choice(value, CATEGORICAL_FIELDS[field])
@@ -243,8 +243,8 @@ def judge_multiple_choice(item: JudgeItem) -> JudgeVerdict:
     Off by one is "some overlap, wrong overall" in the rubric: the model saw a similar
     level of difficulty but did not give the human's answer.
     """
-    human = _canonical_multiple_choice(item.field, item.human_answer)
-    model = _canonical_multiple_choice(item.field, item.model_answer)
+    human = canonical_multiple_choice(item.field, item.human_answer)
+    model = canonical_multiple_choice(item.field, item.model_answer)
     if model is None:
         return _verdict(f"{_short(item.model_answer)} is not an allowed {item.field} value.", 1)
     if human == model:

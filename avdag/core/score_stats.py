@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from avdag.core.judges import _canonical_multiple_choice
+from avdag.core.judges import canonical_multiple_choice
 from avdag.core.labels import MULTIPLE_CHOICE_FIELDS
 
 SOURCES = ("baseline", "finetuned")
@@ -174,8 +174,8 @@ def _multiple_choice_row(field: str, baseline: pd.DataFrame, finetuned: pd.DataF
 def _graded_answers(rows: pd.DataFrame, field: str) -> pd.DataFrame:
     """Canonical human label and whether the model's answer equals it, for labelled clips."""
     subset = rows[rows["field"] == field]
-    human = [_canonical_multiple_choice(field, json.loads(h)) for h in subset["human_answer"]]
-    model = [_canonical_multiple_choice(field, json.loads(m)) if isinstance(m, str) else None
+    human = [canonical_multiple_choice(field, json.loads(h)) for h in subset["human_answer"]]
+    model = [canonical_multiple_choice(field, json.loads(m)) if isinstance(m, str) else None
              for m in subset["model_answer"]]
     graded = pd.DataFrame({
         "batch": subset["batch"].to_numpy(),
