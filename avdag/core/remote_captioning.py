@@ -40,7 +40,7 @@ from PIL import Image
 
 from avdag.core.captioning import CaptionOutput, GenerationSettings
 from avdag.core.conversations import Message, caption_messages
-from avdag.core.http_retry import failure_text, is_retryable, retry_after_s, wait_before_retry  # noqa: F401 - retry_after_s re-exported
+from avdag.core.http_retry import failure_text, is_retryable, wait_before_retry
 from avdag.core.video import FRAME_FACTOR, IMAGE_FACTOR, SampledVideo, VideoError, sample_frames
 
 VideoTransport = Literal["frames", "video"]

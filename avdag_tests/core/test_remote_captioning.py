@@ -23,7 +23,8 @@ import pytest
 from PIL import Image
 
 from avdag.core.captioning import CaptionOutput, GenerationSettings
-from avdag.core.remote_captioning import OpenAIVlmCaptioner, remote_model_hash, retry_after_s
+from avdag.core.http_retry import retry_after_s
+from avdag.core.remote_captioning import OpenAIVlmCaptioner, remote_model_hash
 from avdag.core.video import sample_frames
 from avdag_tests.openai_stub_server import OpenAIStubServer, StubReply, chat_completion_body
 
