@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Optional
 
 import dagster as dg
@@ -55,23 +56,9 @@ class CosmosRlTrainerResource(SftTrainerResource):
     )
 
     def settings(self) -> CosmosRlSettings:
-        return CosmosRlSettings(
-            epochs=self.epochs,
-            learning_rate=self.learning_rate,
-            warmup_steps=self.warmup_steps,
-            train_batch_per_replica=self.train_batch_per_replica,
-            mini_batch=self.mini_batch,
-            model_max_length=self.model_max_length,
-            tp_size=self.tp_size,
-            dp_shard_size=self.dp_shard_size,
-            dp_replicate_size=self.dp_replicate_size,
-            save_freq=self.save_freq,
-            max_keep=self.max_keep,
-            enable_validation=self.enable_validation,
-            wandb=self.wandb,
-            redis_port=self.redis_port,
-            dataloader_num_workers=self.dataloader_num_workers,
-        )
+        """Every setting this resource shares with CosmosRlSettings, by name; the rest keep the recipe's values."""
+        shared = [f.name for f in fields(CosmosRlSettings) if f.name in type(self).model_fields]
+        return CosmosRlSettings(**{name: getattr(self, name) for name in shared})
 
     def train(self, base_model, examples, output_dir, progress) -> SftResult:
         return train_with_cosmos_rl(
