@@ -16,21 +16,41 @@ Return a str for a normal chat.completion with that content, or a `StubReply` to
 fault: an HTTP error status, a raw (possibly malformed) body, extra headers, or a delay.
 If `reply_fn` raises, the server answers 500 with the exception text, so a bug in a test's
 reply function shows up as a failed call instead of a hang.
+
+It also speaks the Files and Batch APIs, so `client.files.*` / `client.batches.*` run for real:
+POST /v1/files (multipart), GET /v1/files/{id}[/content], POST /v1/batches (input validated as
+OpenAI does: a bad line makes the batch "failed"), GET /v1/batches[/{id}], POST
+/v1/batches/{id}/cancel. Batch lines are answered by the same `reply_fn` (a non-2xx StubReply
+lands in the error file) but are not added to `requests`. A batch completes on its
+`complete_after_polls`-th retrieve (default 1) unless `hold_batches` is set; `finish_batch(id,
+"expired", processed=1)` ends one early with partial results. Recorded: `files` (id -> bytes),
+`batches` (id -> Batch JSON), `batch_lines_processed` (custom_ids, in order), `batch_api_calls`.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 CHAT_COMPLETIONS_PATH = "/v1/chat/completions"
 MODELS_PATH = "/v1/models"
+BATCH_API_PREFIXES = ("/v1/files", "/v1/batches")
+FILE_PURPOSES = {"assistants", "assistants_output", "batch", "batch_output", "fine-tune", "fine-tune-results",
+                 "vision", "user_data"}
+UNPROCESSED_LINE_ERRORS = {
+    "expired": ("batch_expired", "This request could not be executed before the completion window expired."),
+    "cancelled": ("batch_cancelled", "This request was not executed because the batch was cancelled."),
+}
 
 
 @dataclass(frozen=True)
@@ -84,8 +104,78 @@ def error_body(status: int, message: str) -> dict[str, Any]:
                       "param": None, "code": None}}
 
 
+class ApiError(Exception):
+    """Raised inside a Files/Batch route to answer `status` with an OpenAI-style error body."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def parse_multipart(body: bytes, content_type: str) -> dict[str, tuple[str | None, bytes]]:
+    """form field name -> (filename, raw bytes) of a multipart/form-data body (`cgi` is gone in 3.13)."""
+    boundary = BytesHeaderParser().parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode()).get_param("boundary")
+    if not isinstance(boundary, str):
+        raise ApiError(400, "expected a multipart/form-data body with a boundary")
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    for part in body.split(b"--" + boundary.encode())[1:-1]:  # [0] is the preamble, [-1] the closing "--"
+        head, _, value = part[2:-2].partition(b"\r\n\r\n")  # each part is wrapped in CRLFs
+        headers = BytesHeaderParser().parsebytes(head + b"\r\n\r\n")
+        name = headers.get_param("name", header="content-disposition")
+        if isinstance(name, str):
+            fields[name] = (headers.get_filename(), value)
+    return fields
+
+
+def parse_batch_input(data: bytes, endpoint: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(request lines, BatchError dicts) of a batch input file, validated as OpenAI does on creation."""
+    requests: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    seen_ids: set[str] = set()
+    for number, text in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            requests.append(_parse_request_line(text, endpoint, seen_ids))
+        except _LineError as exc:
+            errors.append({"code": "invalid_request", "message": str(exc), "line": number, "param": exc.param})
+    if not requests and not errors:
+        errors.append({"code": "empty_file", "message": "The batch input file is empty.", "line": None, "param": None})
+    return requests, errors
+
+
+class _LineError(Exception):
+    """One invalid batch input line; `param` names the offending field, as in a BatchError."""
+
+    def __init__(self, param: str | None, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _parse_request_line(text: str, endpoint: str, seen_ids: set[str]) -> dict[str, Any]:
+    try:
+        line = json.loads(text)
+    except json.JSONDecodeError:
+        raise _LineError(None, "This line is not valid JSON.") from None
+    if not isinstance(line, dict):
+        raise _LineError(None, "This line is not a JSON object.")
+    custom_id = line.get("custom_id")
+    if not isinstance(custom_id, str):
+        raise _LineError("custom_id", "custom_id must be a string.")
+    if custom_id in seen_ids:
+        raise _LineError("custom_id", f"The custom_id {custom_id!r} is not unique in this file.")
+    seen_ids.add(custom_id)
+    if line.get("method") != "POST":
+        raise _LineError("method", f"method must be POST, got {line.get('method')!r}.")
+    if line.get("url") != endpoint:
+        raise _LineError("url", f"url {line.get('url')!r} does not match the batch endpoint {endpoint!r}.")
+    if not isinstance(line.get("body"), dict):
+        raise _LineError("body", "body must be a JSON object.")
+    return line
+
+
 class OpenAIStubServer:
-    """ThreadingHTTPServer on 127.0.0.1 (free port) serving POST /v1/chat/completions.
+    """ThreadingHTTPServer on 127.0.0.1 (free port) serving POST /v1/chat/completions (and Files/Batches).
 
     Use as a context manager, or call start()/stop(). `requests` (JSON bodies) and
     `request_headers` (names lower-cased) and `request_times` (time.monotonic() on arrival) are
@@ -101,6 +191,18 @@ class OpenAIStubServer:
         self.request_times: list[float] = []
         self.max_concurrent_requests = 0
         self._concurrent_requests = 0
+        # Files and Batch APIs
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}  # id -> Batch JSON, as the next retrieve shows it
+        self.batch_lines_processed: list[str] = []  # custom_ids run through reply_fn, in order
+        self.batch_api_calls = 0  # HTTP calls under /v1/files and /v1/batches
+        self.complete_after_polls = 1  # an in-progress batch completes on its N-th retrieve ...
+        self.hold_batches = False  # ... unless held (then only finish_batch/cancel end it)
+        self._file_objects: dict[str, dict[str, Any]] = {}
+        self._batch_requests: dict[str, list[dict[str, Any]]] = {}  # batch id -> its validated input lines
+        self._batch_polls: Counter[str] = Counter()
+        self._finishing: set[str] = set()  # batches whose lines are being run right now
+        self._id_counters: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -109,7 +211,7 @@ class OpenAIStubServer:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> OpenAIStubServer:
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(self))
+        self._httpd = _BackloggedServer(("127.0.0.1", 0), _handler_class(self))
         self._httpd.daemon_threads = True
         self._port = self._httpd.server_address[1]
         self._thread = threading.Thread(
@@ -168,13 +270,16 @@ class OpenAIStubServer:
 
     def respond(self, body: dict[str, Any], request_index: int) -> tuple[int, bytes, dict[str, str], float]:
         """(status, response bytes, extra headers, delay) for one chat request."""
+        reply = self._reply_for(body)
+        return reply.status, self._reply_bytes(reply, body, request_index), dict(reply.headers), reply.delay_s
+
+    def _reply_for(self, body: dict[str, Any]) -> StubReply:
+        """reply_fn's answer as a StubReply; shared by chat requests and batch lines."""
         try:
             reply = self.reply_fn(body)
         except Exception as exc:  # noqa: BLE001 - surface test bugs as HTTP 500s
             reply = StubReply(status=500, body=json.dumps(error_body(500, f"reply_fn raised {exc!r}")))
-        if isinstance(reply, str):
-            reply = StubReply(content=reply)
-        return reply.status, self._reply_bytes(reply, body, request_index), dict(reply.headers), reply.delay_s
+        return StubReply(content=reply) if isinstance(reply, str) else reply
 
     @staticmethod
     def _reply_bytes(reply: StubReply, body: dict[str, Any], request_index: int) -> bytes:
@@ -186,6 +291,230 @@ class OpenAIStubServer:
             payload = error_body(reply.status, reply.content or f"stub error {reply.status}")
         return json.dumps(payload).encode()
 
+    # -- Files and Batch APIs ------------------------------------------------------------------
+
+    def handle_batch_api(self, method: str, target: str, raw: bytes, content_type: str) -> tuple[int, Any]:
+        """(status, JSON-able dict or raw bytes) for one HTTP call under /v1/files or /v1/batches."""
+        url = urlsplit(target)
+        with self._lock:
+            self.batch_api_calls += 1
+        try:
+            match (method, *url.path.strip("/").split("/")):
+                case ("POST", "v1", "files"):
+                    return 200, self._upload_file(parse_multipart(raw, content_type))
+                case ("GET", "v1", "files", file_id):
+                    with self._lock:
+                        return 200, copy.deepcopy(self._file_object(file_id))
+                case ("GET", "v1", "files", file_id, "content"):
+                    with self._lock:
+                        self._file_object(file_id)
+                        return 200, self.files[file_id]
+                case ("POST", "v1", "batches"):
+                    return 200, self._create_batch(_json_object(raw))
+                case ("GET", "v1", "batches"):
+                    return 200, self._list_batches(parse_qs(url.query))
+                case ("GET", "v1", "batches", batch_id):
+                    return 200, self._poll_batch(batch_id)
+                case ("POST", "v1", "batches", batch_id, "cancel"):
+                    return 200, self._cancel_batch(batch_id)
+                case _:
+                    raise ApiError(404, f"no route {target}")
+        except ApiError as exc:
+            return exc.status, error_body(exc.status, str(exc))
+
+    def finish_batch(self, batch_id: str, status: str = "completed", processed: int | None = None) -> dict[str, Any]:
+        """End an in-progress (or cancelling) batch now; returns its Batch JSON.
+
+        "completed" runs every line through reply_fn; "expired"/"cancelled" run only the first
+        `processed` lines (default 0) and put the rest in the error file as batch_expired /
+        batch_cancelled, as OpenAI does when the window runs out or a batch is cancelled.
+        """
+        if status != "completed" and status not in UNPROCESSED_LINE_ERRORS:
+            raise ValueError(f"status must be completed, expired or cancelled, not {status!r}")
+        with self._lock:
+            batch = self._batch(batch_id)
+            if batch["status"] not in ("in_progress", "cancelling") or batch_id in self._finishing:
+                raise ValueError(f"batch {batch_id} is {batch['status']}, not in progress")
+            self._finishing.add(batch_id)
+        return self._finish(batch_id, status, processed)
+
+    def _next_number(self, kind: str) -> int:
+        """1, 2, ... per kind of id. Caller holds the lock."""
+        self._id_counters[kind] += 1
+        return self._id_counters[kind]
+
+    def _add_file(self, filename: str, data: bytes, purpose: str) -> dict[str, Any]:
+        """Store a file and return its FileObject. Caller holds the lock."""
+        file_id = f"file-stub-{self._next_number('file')}"
+        self.files[file_id] = data
+        self._file_objects[file_id] = {"id": file_id, "object": "file", "bytes": len(data),
+                                       "created_at": int(time.time()), "filename": filename, "purpose": purpose,
+                                       "status": "processed", "expires_at": None, "status_details": None}
+        return self._file_objects[file_id]
+
+    def _file_object(self, file_id: str) -> dict[str, Any]:
+        """Caller holds the lock."""
+        if file_id not in self._file_objects:
+            raise ApiError(404, f"No such File object: {file_id}")
+        return self._file_objects[file_id]
+
+    def _batch(self, batch_id: str) -> dict[str, Any]:
+        """Caller holds the lock."""
+        if batch_id not in self.batches:
+            raise ApiError(404, f"No batch found with id '{batch_id}'.")
+        return self.batches[batch_id]
+
+    def _upload_file(self, fields: dict[str, tuple[str | None, bytes]]) -> dict[str, Any]:
+        purpose = fields.get("purpose", (None, b""))[1].decode()
+        if purpose not in FILE_PURPOSES:
+            raise ApiError(400, f"Invalid value for 'purpose': {purpose!r}.")
+        if "file" not in fields:
+            raise ApiError(400, "Missing required parameter: 'file'.")
+        filename, data = fields["file"]
+        with self._lock:
+            return copy.deepcopy(self._add_file(filename or "upload", data, purpose))
+
+    def _create_batch(self, request: dict[str, Any]) -> dict[str, Any]:
+        endpoint, input_file_id = request.get("endpoint"), request.get("input_file_id")
+        if endpoint != CHAT_COMPLETIONS_PATH:
+            raise ApiError(400, f"the stub only runs batches for {CHAT_COMPLETIONS_PATH}, not {endpoint!r}")
+        if request.get("completion_window") != "24h":
+            raise ApiError(400, "completion_window must be '24h'.")
+        with self._lock:
+            input_file = self._file_objects.get(input_file_id) if isinstance(input_file_id, str) else None
+            if input_file is None or input_file["purpose"] != "batch":
+                raise ApiError(400, f"Invalid 'input_file_id': {input_file_id!r} is not a file with purpose 'batch'.")
+            data = self.files[input_file_id]
+        requests, errors = parse_batch_input(data, endpoint)
+        now = int(time.time())
+        batch: dict[str, Any] = {
+            "object": "batch", "endpoint": endpoint, "input_file_id": input_file_id, "completion_window": "24h",
+            "status": "failed" if errors else "in_progress", "created_at": now, "expires_at": now + 24 * 3600,
+            "in_progress_at": None if errors else now, "failed_at": now if errors else None,
+            "finalizing_at": None, "completed_at": None, "expired_at": None, "cancelling_at": None,
+            "cancelled_at": None, "output_file_id": None, "error_file_id": None,
+            "errors": {"object": "list", "data": errors} if errors else None,
+            "request_counts": {"total": 0 if errors else len(requests), "completed": 0, "failed": 0},
+            "metadata": request.get("metadata"), "model": requests[0]["body"].get("model") if requests else None,
+            "usage": None,
+        }
+        with self._lock:
+            batch["id"] = f"batch_stub_{self._next_number('batch')}"
+            self.batches[batch["id"]] = batch
+            self._batch_requests[batch["id"]] = requests
+            return copy.deepcopy(batch)
+
+    def _list_batches(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        """One newest-first page, cursor-paginated by `after` like the real list endpoint."""
+        limit, after = int(query.get("limit", ["20"])[0]), query.get("after", [None])[0]
+        with self._lock:
+            newest_first = list(reversed(self.batches))
+            if after is not None:
+                newest_first = newest_first[newest_first.index(after) + 1:] if after in newest_first else []
+            page = [copy.deepcopy(self.batches[batch_id]) for batch_id in newest_first[:limit]]
+        return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None, "has_more": len(newest_first) > limit}
+
+    def _poll_batch(self, batch_id: str) -> dict[str, Any]:
+        """A retrieve: counts toward complete_after_polls, and turns "cancelling" into "cancelled"."""
+        with self._lock:
+            batch = self._batch(batch_id)
+            self._batch_polls[batch_id] += 1
+            ends_as = None
+            if batch_id not in self._finishing:
+                if batch["status"] == "cancelling":
+                    ends_as = "cancelled"
+                elif (batch["status"] == "in_progress" and not self.hold_batches
+                      and self._batch_polls[batch_id] >= self.complete_after_polls):
+                    ends_as = "completed"
+            if ends_as is None:
+                return copy.deepcopy(batch)
+            self._finishing.add(batch_id)
+        return self._finish(batch_id, ends_as, processed=None if ends_as == "completed" else 0)
+
+    def _cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        with self._lock:
+            batch = self._batch(batch_id)
+            if batch["status"] not in ("in_progress", "cancelling") or batch_id in self._finishing:
+                raise ApiError(409, f"Cannot cancel a batch with status '{batch['status']}'.")
+            batch["status"] = "cancelling"
+            batch["cancelling_at"] = batch["cancelling_at"] or int(time.time())
+            return copy.deepcopy(batch)
+
+    def _finish(self, batch_id: str, status: str, processed: int | None) -> dict[str, Any]:
+        """Run the lines (reply_fn outside the lock), then write output/error files and the final Batch."""
+        with self._lock:
+            requests = self._batch_requests[batch_id]
+        run_count = len(requests) if status == "completed" else min(processed or 0, len(requests))
+        replies = [self._reply_for(request["body"]) for request in requests[:run_count]]
+        with self._lock:
+            try:
+                output_lines, error_lines = [], []
+                for request, reply in zip(requests, replies):
+                    index = self._next_number("batch_request")
+                    raw = self._reply_bytes(reply, request["body"], index).decode("utf-8", errors="replace")
+                    try:
+                        response_body: Any = json.loads(raw)
+                    except json.JSONDecodeError:
+                        response_body = raw  # malformed on purpose: hand it over as the string it is
+                    line = {"id": f"batch_req_{index}", "custom_id": request["custom_id"],
+                            "response": {"status_code": reply.status, "request_id": f"req_{index}",
+                                         "body": response_body},
+                            "error": None}
+                    (output_lines if 200 <= reply.status < 300 else error_lines).append(line)
+                    self.batch_lines_processed.append(request["custom_id"])
+                for request in requests[run_count:]:
+                    code, message = UNPROCESSED_LINE_ERRORS[status]
+                    error_lines.append({"id": f"batch_req_{self._next_number('batch_request')}", "custom_id": request["custom_id"],
+                                        "response": None, "error": {"code": code, "message": message}})
+                batch = self.batches[batch_id]
+                now = int(time.time())
+                batch.update({
+                    "status": status, f"{status}_at": now, "finalizing_at": now if status == "completed" else None,
+                    "output_file_id": self._add_jsonl_file(f"{batch_id}_output.jsonl", output_lines),
+                    "error_file_id": self._add_jsonl_file(f"{batch_id}_error.jsonl", error_lines),
+                    "request_counts": {"total": len(requests), "completed": len(output_lines),
+                                       "failed": len(requests) - len(output_lines)},
+                    "usage": _batch_usage(output_lines),
+                })
+                return copy.deepcopy(batch)
+            finally:
+                self._finishing.discard(batch_id)
+
+    def _add_jsonl_file(self, filename: str, lines: list[dict[str, Any]]) -> str | None:
+        """A batch_output file of `lines`, or None when there are none (as OpenAI leaves it). Caller holds the lock."""
+        if not lines:
+            return None
+        data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        return self._add_file(filename, data, "batch_output")["id"]
+
+
+def _batch_usage(output_lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """A Batch's `usage`: the chat usages of its output lines, summed."""
+    usages = [line["response"]["body"].get("usage") or {} for line in output_lines
+              if isinstance(line["response"]["body"], dict)]
+    input_tokens = sum(usage.get("prompt_tokens", 0) for usage in usages)
+    output_tokens = sum(usage.get("completion_tokens", 0) for usage in usages)
+    return {"input_tokens": input_tokens, "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": input_tokens + output_tokens}
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw or b"{}")
+    except json.JSONDecodeError:
+        raise ApiError(400, "request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return body
+
+
+class _BackloggedServer(ThreadingHTTPServer):
+    """A listen backlog like a real server's: the default of 5 refuses a client's 64 simultaneous connects."""
+
+    request_queue_size = 256
+
 
 def _handler_class(server: OpenAIStubServer) -> type[BaseHTTPRequestHandler]:
     """A request handler bound to `server` (http.server wants a class, not an instance)."""
@@ -195,6 +524,9 @@ def _handler_class(server: OpenAIStubServer) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:  # noqa: N802 - http.server naming
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if urlsplit(self.path).path.startswith(BATCH_API_PREFIXES):
+                self._answer_batch_api("POST", raw)
+                return
             if self.path.rstrip("/") != CHAT_COMPLETIONS_PATH:
                 self._send(404, json.dumps(error_body(404, f"no route {self.path}")).encode())
                 return
@@ -211,15 +543,25 @@ def _handler_class(server: OpenAIStubServer) -> type[BaseHTTPRequestHandler]:
                 self._send(status, payload, headers)
 
         def do_GET(self) -> None:  # noqa: N802
-            if self.path.rstrip("/") == MODELS_PATH:
+            if urlsplit(self.path).path.startswith(BATCH_API_PREFIXES):
+                self._answer_batch_api("GET", b"")
+            elif self.path.rstrip("/") == MODELS_PATH:
                 self._send(200, json.dumps({"object": "list", "data": []}).encode())
             else:
                 self._send(404, json.dumps(error_body(404, f"no route {self.path}")).encode())
 
-        def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
+        def _answer_batch_api(self, method: str, raw: bytes) -> None:
+            status, payload = server.handle_batch_api(method, self.path, raw, self.headers.get("Content-Type", ""))
+            if isinstance(payload, bytes):  # file content
+                self._send(status, payload, content_type="application/octet-stream")
+            else:
+                self._send(status, json.dumps(payload).encode())
+
+        def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None,
+                  content_type: str = "application/json") -> None:
             try:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 for name, value in (headers or {}).items():
                     self.send_header(name, value)
