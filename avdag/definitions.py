@@ -1,10 +1,11 @@
 """The one Definitions object: assets, resources, jobs, sensor, schedule and checks.
 
 Resources are chosen here, once, from the environment: OPENAI_API_KEY switches the judge to
-the OpenAI-compatible one, AVDAG_MODEL the captioning model, AVDAG_VLM_BASE_URLS captioning
-through OpenAI-compatible servers, AVDAG_TRAINER=cosmos-rl training through cosmos-rl,
-AVDAG_LANDING_URL the landing zone, AVDAG_PROMPTS_DIR the prompt folder. Assets never branch on that;
-prompts, models and judge settings become the model-driven assets' code versions.
+the OpenAI-compatible one (AVDAG_JUDGE_BATCH_API=1 sends it through the Batch API), AVDAG_MODEL
+the captioning model, AVDAG_VLM_BASE_URLS captioning through OpenAI-compatible servers,
+AVDAG_TRAINER=cosmos-rl training through cosmos-rl, AVDAG_LANDING_URL the landing zone,
+AVDAG_PROMPTS_DIR the prompt folder. Assets never branch on that; prompts, models and judge
+settings become the model-driven assets' code versions.
 """
 
 import os
@@ -15,13 +16,15 @@ import dagster as dg
 from avdag.assets import captions, catalog, ingest, judging, reports, splits, training
 from avdag.automation.checks import (
     baseline_captions_check,
+    baseline_judge_calibration,
     finetuned_captions_check,
+    finetuned_judge_calibration,
     no_train_eval_leak,
     quarantine_counts,
 )
 from avdag.automation.jobs import batch_pipeline_job
 from avdag.automation.schedules import nightly_reprocess
-from avdag.automation.sensors import landing_zone_sensor
+from avdag.automation.sensors import judge_batch_sensor, landing_zone_sensor
 from avdag.automation.versions import code_versions, with_code_versions
 from avdag.resources.cosmos_trainer import CosmosRlTrainerResource
 from avdag.resources.captioner import EMBEDDED_MODEL, CaptionerResource
@@ -39,6 +42,7 @@ def _judge():
             api_key=dg.EnvVar("OPENAI_API_KEY"),
             model=os.environ.get("AVDAG_JUDGE_MODEL", "gpt-5"),
             base_url=os.environ.get("OPENAI_BASE_URL"),
+            use_batch_api=os.environ.get("AVDAG_JUDGE_BATCH_API", "") in ("1", "true", "yes"),
         )
     return OfflineJudgeResource()
 
@@ -88,9 +92,12 @@ defs = dg.Definitions(
         dg.load_assets_from_modules([ingest, splits, captions, training, judging, reports, catalog]),
         code_versions(_resources),
     ),
-    asset_checks=[baseline_captions_check, finetuned_captions_check, no_train_eval_leak, quarantine_counts],
+    asset_checks=[
+        baseline_captions_check, finetuned_captions_check, no_train_eval_leak, quarantine_counts,
+        baseline_judge_calibration, finetuned_judge_calibration,
+    ],
     jobs=[batch_pipeline_job],
-    sensors=[landing_zone_sensor],
+    sensors=[landing_zone_sensor, judge_batch_sensor],
     schedules=[nightly_reprocess],
     resources=_resources,
 )

@@ -5,6 +5,7 @@ import pandas as pd
 
 from avdag.automation.partitions import clip_batches
 from avdag.core.judge_batch import score_captions
+from avdag.core.openai_batch_judge import JudgeBatchPending
 from avdag.core.scoring import summarize_scores
 from avdag.resources.captioner import CaptionerResource
 from avdag.resources.judge import JudgeResource
@@ -20,6 +21,7 @@ def build_judge_scores_asset(source: str) -> dg.AssetsDefinition:
         io_manager_key="parquet_io",
         group_name="evaluation",
         description=f"Judge scores (1-5) of the {source} captions of the eval clips, per question, with lineage.",
+        output_required=False,  # a Batch API judge ends the run unmaterialized until its batch is back
     )
     def _judge_scores(
         context: dg.AssetExecutionContext,
@@ -28,15 +30,20 @@ def build_judge_scores_asset(source: str) -> dg.AssetsDefinition:
         captions: pd.DataFrame,
         captioner: CaptionerResource,
         judge: JudgeResource,
-    ) -> dg.Output[pd.DataFrame]:
+    ):
         prompts = captioner.prompts()
         eval_ids = set(clip_splits.loc[clip_splits["split"] == "eval", "clip_id"])
         eval_clips = raw_clips[raw_clips["clip_id"].isin(eval_ids)]
-        scorer = judge.build(prompts)
-        frame, spend = score_captions(scorer, prompts, eval_clips, captions, cache=judge.cache(), log=context.log.info)
+        scorer = judge.build_scorer(prompts, {"asset": context.asset_key.to_user_string(), "partition": context.partition_key})
+        try:
+            frame, spend = score_captions(scorer, prompts, eval_clips, captions, cache=judge.cache(), log=context.log.info)
+        except JudgeBatchPending as pending:
+            context.log.info(str(pending))
+            context.log_event(_pending_observation(context, pending))
+            return
         frame["score_run_id"] = context.run.run_id  # with caption_run_id, the runs behind every score
         summary = summarize_scores(frame)
-        return dg.Output(frame, metadata={
+        yield dg.Output(frame, metadata={
             **{f"judge_{name}": count for name, count in spend.as_dict().items()},
             "eval_clips": len(eval_clips),
             "scores": int(frame["score"].notna().sum()),
@@ -46,6 +53,21 @@ def build_judge_scores_asset(source: str) -> dg.AssetsDefinition:
         })
 
     return _judge_scores
+
+
+def _pending_observation(context: dg.AssetExecutionContext, pending: JudgeBatchPending) -> dg.AssetObservation:
+    """What the UI shows for a score asset whose verdicts are still in a batch."""
+    submission = pending.submission
+    return dg.AssetObservation(
+        asset_key=context.asset_key,
+        partition=context.partition_key,
+        metadata={
+            "judge_batch_status": dg.MetadataValue.text(submission.progress()),
+            "judge_batch_requests": len(submission.custom_ids),
+            "judge_batch_request_key": dg.MetadataValue.text(submission.request_key),
+            "judge_batch_submitted_now": pending.submitted_now,
+        },
+    )
 
 
 baseline_judge_scores = build_judge_scores_asset("baseline")

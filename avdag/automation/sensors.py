@@ -1,10 +1,12 @@
-"""The upload sensor: a new (or changed) ready batch becomes a partition and a pipeline run."""
+"""Sensors: new uploads become partitions and pipeline runs; ended judge batches become scoring runs."""
 
 import dagster as dg
 
 from avdag.automation.jobs import batch_pipeline_job
 from avdag.automation.partitions import clip_batches
+from avdag.core.judge_batch_ledger import runs_to_request
 from avdag.core.upload_watch import plan_tick
+from avdag.resources.judge import JudgeResource
 from avdag.resources.storage import LandingZoneResource
 
 MAX_BATCHES_PER_TICK = 5
@@ -28,3 +30,33 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, landing_zone: Landi
         dynamic_partitions_requests=[clip_batches.build_add_request(plan.new_batches)] if plan.new_batches else [],
         cursor=plan.cursor(),
     )
+
+
+JUDGE_SCORE_ASSETS = ("baseline_judge_scores", "finetuned_judge_scores")
+
+
+@dg.sensor(
+    target=dg.AssetSelection.assets(*JUDGE_SCORE_ASSETS, "score_comparison"),
+    minimum_interval_seconds=120,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def judge_batch_sensor(context: dg.SensorEvaluationContext, judge: JudgeResource):
+    """Polls the judge's Batch API submissions; when one ends, re-runs the scoring that waits for it.
+
+    The comparison joins the run once no submission is still running, so it never compares a
+    fresh side with a stale one. Does nothing for a judge that answers live.
+    """
+    tracker = judge.batch_tracker()
+    if tracker is None:
+        return dg.SkipReason("the judge answers live: no Batch API submissions to watch")
+    ended, running = tracker.poll()
+    waiting = "; ".join(submission.progress() for submission in running) or "none"
+    if not ended:
+        return dg.SkipReason(f"{len(running)} judge batch submissions still running: {waiting}")
+    context.log.info(f"{len(ended)} judge batch submissions ended; still running: {waiting}")
+    compare = [] if running else ["score_comparison"]
+    return [
+        dg.RunRequest(run_key=run_key, partition_key=partition or None,
+                      asset_selection=[dg.AssetKey(name) for name in assets + compare])
+        for partition, (assets, run_key) in runs_to_request(ended).items()
+    ]

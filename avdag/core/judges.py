@@ -126,7 +126,6 @@ class OpenAIChatJudge:
             return list(pool.map(lambda item: self._judge_one(item, budget), items))
 
     def _judge_one(self, item: JudgeItem, budget: CallBudget) -> JudgeVerdict:
-        prompt = format_judge_prompt(self.user_template, item.question, item.human_answer, item.model_answer)
         attempt = 0
         last_error = ""
         while True:
@@ -135,7 +134,7 @@ class OpenAIChatJudge:
                 return JudgeVerdict(score=None, reply="", error=spent, attempts=attempt)
             attempt += 1
             try:
-                return self._verdict(self._complete(prompt), attempt)
+                return self._verdict(self._complete(item), attempt)
             except (openai.APIStatusError, openai.APIConnectionError) as error:
                 last_error = failure_text(error, attempt)
                 if not is_retryable(error) or attempt > self.max_retries:
@@ -146,26 +145,40 @@ class OpenAIChatJudge:
 
     @staticmethod
     def _verdict(response: Any, attempts: int) -> JudgeVerdict:
-        reply = response.choices[0].message.content or ""
         usage = response.usage
-        tokens = dict(
+        return verdict_from_reply(
+            response.choices[0].message.content or "",
             attempts=attempts,
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
         )
-        if not reply:
-            return JudgeVerdict(score=None, reply="", error="empty reply from judge", **tokens)
-        return JudgeVerdict(score=parse_judge_score(reply), reply=reply, **tokens)
 
-    def _complete(self, prompt: str) -> Any:
-        # No temperature: gpt-5 only accepts the default.
+    def _complete(self, item: JudgeItem) -> Any:
         return self._client.chat.completions.create(
-            model=self.model,
-            messages=[
-                {"role": "system", "content": self.system_prompt},
-                {"role": "user", "content": prompt},
-            ],
+            **judge_request_body(self.model, self.system_prompt, self.user_template, item)
         )
+
+
+def judge_request_body(model: str, system_prompt: str, user_template: str, item: JudgeItem) -> dict[str, Any]:
+    """The chat request for one item, the same whether sent now or in a Batch API file.
+
+    No temperature: gpt-5 only accepts the default.
+    """
+    return {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": system_prompt},
+            {"role": "user", "content": format_judge_prompt(user_template, item.question, item.human_answer, item.model_answer)},
+        ],
+    }
+
+
+def verdict_from_reply(reply: str, *, attempts: int, prompt_tokens: int = 0, completion_tokens: int = 0) -> JudgeVerdict:
+    """The verdict a chat reply gives: its parsed score, or an error when the reply is empty."""
+    tokens = dict(attempts=attempts, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+    if not reply:
+        return JudgeVerdict(score=None, reply="", error="empty reply from judge", **tokens)
+    return JudgeVerdict(score=parse_judge_score(reply), reply=reply, **tokens)
 
 
 # --------------------------------------------------------------------------- offline judge

@@ -5,8 +5,12 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
+import openai
+
+from avdag.core.judge_batch_ledger import BatchLedger
 from avdag.core.judge_cache import JudgeCache
 from avdag.core.judges import DEFAULT_MAX_IN_FLIGHT, OfflineEmbeddingJudge, OpenAIChatJudge
+from avdag.core.openai_batch_judge import BatchTracker, OpenAIBatchJudge
 from avdag.core.paths import avdag_home
 from avdag.core.prompts import PromptSet
 
@@ -15,10 +19,19 @@ class JudgeResource(dg.ConfigurableResource):
     """Base for judges: build a judge that scores JudgeItems with the prompt set's judge prompts."""
 
     def build(self, prompts: PromptSet):
+        """A judge that answers now (calibration, and scoring unless the judge batches)."""
         raise NotImplementedError
+
+    def build_scorer(self, prompts: PromptSet, requested_by: dict[str, str]):
+        """The judge a scoring run uses; `requested_by` names the run's asset and partition."""
+        return self.build(prompts)
 
     def cache(self) -> JudgeCache | None:
         """Where verdicts are kept between runs; None: every run judges every item."""
+        return None
+
+    def batch_tracker(self) -> BatchTracker | None:
+        """What polls submitted batches; None for a judge that never batches."""
         return None
 
 
@@ -33,6 +46,12 @@ class OpenAIJudgeResource(JudgeResource):
     max_in_flight: int = Field(default=DEFAULT_MAX_IN_FLIGHT, description="Judge calls in flight at once; lower it for a low rate limit.")
     budget_calls: int | None = Field(default=None, description="Most HTTP calls per scoring run; None: no limit.")
     cache_path: str | None = Field(default=None, description="SQLite verdict cache; default $AVDAG_HOME/cache/judge.sqlite.")
+    use_batch_api: bool = Field(
+        default=False,
+        description="Score through the OpenAI Batch API (half the price): a run submits and ends, and the "
+                    "judge_batch_sensor requests the scoring run again when the batch has ended.",
+    )
+    batch_dir: str | None = Field(default=None, description="Submission records; default $AVDAG_HOME/judge_batches.")
 
     def build(self, prompts: PromptSet) -> OpenAIChatJudge:
         return OpenAIChatJudge(
@@ -47,9 +66,34 @@ class OpenAIJudgeResource(JudgeResource):
             budget_calls=self.budget_calls,
         )
 
+    def build_scorer(self, prompts: PromptSet, requested_by: dict[str, str]) -> OpenAIChatJudge | OpenAIBatchJudge:
+        if not self.use_batch_api:
+            return self.build(prompts)
+        return OpenAIBatchJudge(
+            model=self.model,
+            api_key=self.api_key,
+            base_url=self.base_url,
+            system_prompt=prompts.judge_system,
+            user_template=prompts.judge_user,
+            ledger=self._ledger(),
+            requested_by=requested_by,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+        )
+
     def cache(self) -> JudgeCache:
         """One store for baseline and fine-tuned scoring, so an unchanged answer is judged once."""
         return JudgeCache(self.cache_path or avdag_home() / "cache" / "judge.sqlite")
+
+    def batch_tracker(self) -> BatchTracker | None:
+        if not self.use_batch_api:
+            return None
+        client = openai.OpenAI(api_key=self.api_key, base_url=self.base_url, timeout=self.timeout_s,
+                               max_retries=self.max_retries)
+        return BatchTracker(client, self._ledger())
+
+    def _ledger(self) -> BatchLedger:
+        return BatchLedger(self.batch_dir or avdag_home() / "judge_batches")
 
 
 class OfflineJudgeResource(JudgeResource):
