@@ -1,13 +1,23 @@
 """Shared set-up for tests that materialize the whole asset graph on a small batch."""
 
-from avdag.automation.checks import baseline_captions_check, finetuned_captions_check, no_train_eval_leak, quarantine_counts
+from avdag.automation.checks import (
+    baseline_captions_check,
+    baseline_judge_calibration,
+    finetuned_captions_check,
+    finetuned_judge_calibration,
+    no_train_eval_leak,
+    quarantine_counts,
+)
 from avdag.definitions import build_resources, defs
 from avdag.resources.captioner import CaptionerResource
 from avdag.resources.storage import LandingZoneResource
 from avdag.resources.trainer import EmbeddedTrainerResource
 
 EVAL_FRACTION = 0.5
-ALL_ASSETS = list(defs.assets) + [baseline_captions_check, finetuned_captions_check, no_train_eval_leak, quarantine_counts]
+ALL_ASSETS = list(defs.assets) + [
+    baseline_captions_check, finetuned_captions_check, no_train_eval_leak, quarantine_counts,
+    baseline_judge_calibration, finetuned_judge_calibration,
+]
 
 
 def small_resources(landing_url: str, s3_endpoint_url: str | None = None, **overrides) -> dict:
