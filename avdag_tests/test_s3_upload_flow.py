@@ -8,8 +8,9 @@ import pytest
 
 from avdag.automation.partitions import clip_batches
 from avdag.automation.sensors import landing_zone_sensor
+from avdag.resources.io_managers import JsonIOManager, ParquetIOManager
 from avdag.resources.registry import ClipRegistryResource
-from avdag.resources.storage import LandingZoneResource
+from avdag.resources.storage import ArtifactStoreResource, LandingZoneResource
 from avdag.sample_batch import REAL_CLIP_ID, write_sample_batch
 from avdag_tests.pipeline_helpers import ALL_ASSETS, small_resources, small_run_config
 from avdag_tests.s3_server import s3  # noqa: F401  (module fixture)
@@ -19,9 +20,16 @@ LANDING = f"s3://{BUCKET}/landing"
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    """This module's own dedup registry: other test modules ingest the same sample footage."""
-    return ClipRegistryResource(path=str(tmp_path_factory.mktemp("registry") / "registry.sqlite"))
+def own_state(tmp_path_factory):
+    """This module's own dedup registry, asset files and artifacts: other test modules ingest the same
+    sample footage (the same clip ids), and a second copy of a clip's scores would break their lineage."""
+    root = tmp_path_factory.mktemp("s3_flow_home")
+    return {
+        "clip_registry": ClipRegistryResource(path=str(root / "registry.sqlite")),
+        "artifacts": ArtifactStoreResource(root=str(root)),
+        "parquet_io": ParquetIOManager(base_dir=str(root / "assets")),
+        "json_io": JsonIOManager(base_dir=str(root / "assets")),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +51,14 @@ def _upload_without_marker(s3, local_dir, batch):
 
 
 @pytest.fixture(scope="module")
-def flow(s3, local_batch, registry):
+def instance():
+    """This module's own Dagster instance: the partitions it adds (drive-0001-copy is never captioned) stay here."""
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def flow(s3, local_batch, own_state, instance):
     """Upload one batch in two steps, tick the sensor, and run what it asked for."""
     batch_dir, ids = local_batch
     s3.make_bucket(BUCKET)
@@ -51,13 +66,12 @@ def flow(s3, local_batch, registry):
     waiting = _tick(s3)
     s3.put(f"{BUCKET}/landing/drive-0001/_READY", b"")
     ready = _tick(s3, cursor=waiting.cursor)
-    instance = dg.DagsterInstance.get()
     for request in ready.dynamic_partitions_requests:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     (run_request,) = ready.run_requests
     result = dg.materialize(
         ALL_ASSETS, partition_key=run_request.partition_key, instance=instance, run_config=small_run_config(),
-        resources=small_resources(LANDING, s3_endpoint_url=s3.endpoint_url, clip_registry=registry),
+        resources=small_resources(LANDING, s3_endpoint_url=s3.endpoint_url, **own_state),
     )
     return {"waiting": waiting, "ready": ready, "result": result, "ids": ids, "instance": instance, "batch_dir": batch_dir}
 
@@ -95,7 +109,7 @@ def test_cursor_survives_a_new_sensor_context(flow, s3):
     assert "1 batches known" in again.skip_reason.skip_message
 
 
-def test_duplicate_upload_adds_nothing(flow, s3, registry):
+def test_duplicate_upload_adds_nothing(flow, s3, own_state):
     """The same footage re-uploaded under another batch name: a new partition, but no new clip."""
     s3.upload_dir(flow["batch_dir"], f"{BUCKET}/landing/drive-0001-copy")
     tick = _tick(s3, cursor=flow["ready"].cursor)
@@ -103,7 +117,7 @@ def test_duplicate_upload_adds_nothing(flow, s3, registry):
     instance = flow["instance"]
     instance.add_dynamic_partitions(clip_batches.name, ["drive-0001-copy"])
     run = dg.materialize(ALL_ASSETS, selection=["raw_clips", "clip_quarantine"], partition_key="drive-0001-copy",
-                         instance=instance, resources=small_resources(LANDING, s3_endpoint_url=s3.endpoint_url, clip_registry=registry))
+                         instance=instance, resources=small_resources(LANDING, s3_endpoint_url=s3.endpoint_url, **own_state))
     assert run.output_for_node("raw_clips", "raw_clips").empty
     quarantine = run.output_for_node("raw_clips", "clip_quarantine")
     videos = quarantine[quarantine["file"].str.contains("/videos/")]
