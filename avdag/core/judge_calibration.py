@@ -93,6 +93,7 @@ class CalibrationReport:
     failed: int
     sampled_clips: int
     skipped_fields: tuple[str, ...]
+    weak_fields: tuple[str, ...]  # gap below min_gap on that field alone: read its scores with care
     by_field: pd.DataFrame
     passed: bool
     reason: str
@@ -124,6 +125,7 @@ def summarize_calibration(
         n_self=len(scores["self"]), n_other=len(scores["other"]), failed=len(items) - len(scored),
         sampled_clips=len({c.clip_id for c in items}),
         skipped_fields=tuple(field for field in fields if field not in has_other),
+        weak_fields=tuple(row.field for row in by_field.itertuples() if row.n_self and row.n_other and row.gap < min_gap),
         by_field=by_field, passed=not problems, reason=reason,
     )
 

@@ -71,7 +71,13 @@ def test_a_perfect_judge_passes():
     assert report.n_self == 18 and report.n_other == 12 and report.failed == 0 and report.sampled_clips == 6
     assert list(report.by_field.columns) == ["field", "self_mean", "other_mean", "gap", "n_self", "n_other"]
     assert report.by_field.set_index("field").loc["weather", "gap"] == 4.0
-    assert "gap 4.00" in report.reason
+    assert "gap 4.00" in report.reason and report.weak_fields == ()
+
+
+def test_a_field_the_judge_cannot_separate_is_named_even_when_the_judge_passes_overall():
+    items = calibration_items(_labels(6), QUESTIONS)
+    report = summarize_calibration(items, _verdicts(items, lambda c: 4 if c.item.field == "road_type" else _perfect(c)))
+    assert report.passed and report.weak_fields == ("road_type",)
 
 
 def test_a_judge_that_always_says_5_fails_on_the_gap():
