@@ -4,6 +4,7 @@ import dagster as dg
 
 from avdag.automation.jobs import batch_pipeline_job
 from avdag.automation.partitions import clip_batches
+from avdag.automation.versions import JUDGE_ASSETS
 from avdag.core.judge_batch_ledger import runs_to_request
 from avdag.core.upload_watch import plan_tick
 from avdag.resources.judge import JudgeResource
@@ -32,11 +33,8 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, landing_zone: Landi
     )
 
 
-JUDGE_SCORE_ASSETS = ("baseline_judge_scores", "finetuned_judge_scores")
-
-
 @dg.sensor(
-    target=dg.AssetSelection.assets(*JUDGE_SCORE_ASSETS, "score_comparison"),
+    target=dg.AssetSelection.assets(*JUDGE_ASSETS, "score_comparison"),
     minimum_interval_seconds=120,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )

@@ -54,32 +54,17 @@ class OpenAIJudgeResource(JudgeResource):
     batch_dir: str | None = Field(default=None, description="Submission records; default $AVDAG_HOME/judge_batches.")
 
     def build(self, prompts: PromptSet) -> OpenAIChatJudge:
-        return OpenAIChatJudge(
-            model=self.model,
-            api_key=self.api_key,
-            base_url=self.base_url,
-            system_prompt=prompts.judge_system,
-            user_template=prompts.judge_user,
-            timeout_s=self.timeout_s,
-            max_retries=self.max_retries,
-            max_in_flight=self.max_in_flight,
-            budget_calls=self.budget_calls,
-        )
+        return OpenAIChatJudge(**self._endpoint(prompts), max_in_flight=self.max_in_flight, budget_calls=self.budget_calls)
 
     def build_scorer(self, prompts: PromptSet, requested_by: dict[str, str]) -> OpenAIChatJudge | OpenAIBatchJudge:
         if not self.use_batch_api:
             return self.build(prompts)
-        return OpenAIBatchJudge(
-            model=self.model,
-            api_key=self.api_key,
-            base_url=self.base_url,
-            system_prompt=prompts.judge_system,
-            user_template=prompts.judge_user,
-            ledger=self._ledger(),
-            requested_by=requested_by,
-            timeout_s=self.timeout_s,
-            max_retries=self.max_retries,
-        )
+        return OpenAIBatchJudge(**self._endpoint(prompts), ledger=self._ledger(), requested_by=requested_by)
+
+    def _endpoint(self, prompts: PromptSet) -> dict:
+        """What the live and the batch judge share: the model, where it is served and the judge prompts."""
+        return dict(model=self.model, api_key=self.api_key, base_url=self.base_url, system_prompt=prompts.judge_system,
+                    user_template=prompts.judge_user, timeout_s=self.timeout_s, max_retries=self.max_retries)
 
     def cache(self) -> JudgeCache:
         """One store for baseline and fine-tuned scoring, so an unchanged answer is judged once."""
