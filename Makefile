@@ -36,7 +36,7 @@ $(COSMOS_SITE)/.installed:
 	@touch $@
 
 test-cosmos: $(VENV)/.installed $(COSMOS_SITE)/.installed
-	PYTHONPATH=$(COSMOS_SITE) $(PY) -m pytest -q avdag_tests/core/test_cosmos_rl_config.py avdag_tests/core/test_cosmos_rl_launcher.py
+	PYTHONPATH=$(COSMOS_SITE) $(PY) -m pytest -q avdag_tests/core/training/test_cosmos_rl_config.py avdag_tests/core/training/test_cosmos_rl_launcher.py
 
 ## Open the Dagster UI on the demo's instance (http://127.0.0.1:3000).
 ui: $(VENV)/.installed

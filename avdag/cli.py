@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from avdag.core.paths import avdag_home, dagster_home
+from avdag.core.common.package_files import workspace_file
+from avdag.core.common.paths import avdag_home, dagster_home
 
 DEMO_BATCH = "sample-0001"
 
@@ -29,7 +30,7 @@ def run_batch(batch: str) -> int:
     _prepare_environment()
     import dagster as dg
 
-    from avdag.automation.partitions import clip_batches
+    from avdag.defs.pipeline.partitions import clip_batches
     from avdag.definitions import defs
 
     instance = dg.DagsterInstance.get()
@@ -54,7 +55,7 @@ def _print_step_times(instance, run_id: str) -> None:
 
 
 def _print_report() -> None:
-    from avdag.core.report import format_difference
+    from avdag.core.reporting.charts import format_difference
 
     report_path = avdag_home() / "reports" / "comparison.json"
     report = json.loads(report_path.read_text())
@@ -84,8 +85,8 @@ def _num(value) -> str:
 
 def demo(n_synthetic: int) -> int:
     """Generate the sample batch in the landing zone and run the whole pipeline for it."""
-    from avdag.core.paths import default_landing_url
-    from avdag.sample_batch import write_sample_batch
+    from avdag.core.common.paths import default_landing_url
+    from avdag.demo.sample_batch import write_sample_batch
 
     landing = Path(os.environ.get("AVDAG_LANDING_URL", default_landing_url()))
     started = time.perf_counter()
@@ -96,9 +97,9 @@ def demo(n_synthetic: int) -> int:
 
 def search(query: list[str], limit: int, where: str | None) -> int:
     """Query the clip catalog with avdag's filter language (see `avdag search --help`)."""
-    from avdag.assets.catalog import CATALOG_FILE
-    from avdag.core.catalog import CatalogQueryError
-    from avdag.core.catalog import search as run_search
+    from avdag.defs.reporting.clip_catalog import CATALOG_FILE
+    from avdag.core.reporting.catalog import CatalogQueryError
+    from avdag.core.reporting.catalog import search as run_search
 
     try:
         rows = run_search(avdag_home() / CATALOG_FILE, " ".join(query), limit=limit, where_sql=where)
@@ -116,13 +117,13 @@ def search(query: list[str], limit: int, where: str | None) -> int:
 def ui(port: int) -> int:
     """Open the Dagster UI on the same instance the demo wrote to."""
     _prepare_environment()
-    workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
+    workspace = workspace_file()
     return subprocess.call([sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-p", str(port)])
 
 
 def lineage(clip_id: str, question: str, source: str, as_json: bool) -> int:
     """Print where one score came from; a clear message (exit 2) when there is no such score."""
-    from avdag.core.lineage import LineageError, format_lineage, score_lineage
+    from avdag.core.reporting.lineage import LineageError, format_lineage, score_lineage
 
     try:
         chain = score_lineage(avdag_home() / "assets", clip_id, question, source)

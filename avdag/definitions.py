@@ -13,19 +13,19 @@ import shlex
 
 import dagster as dg
 
-from avdag.assets import captions, catalog, ingest, judging, reports, splits, training
-from avdag.automation.checks import (
-    baseline_captions_check,
-    baseline_judge_calibration,
-    finetuned_captions_check,
-    finetuned_judge_calibration,
-    no_train_eval_leak,
-    quarantine_counts,
-)
-from avdag.automation.jobs import batch_pipeline_job
-from avdag.automation.schedules import nightly_reprocess
-from avdag.automation.sensors import judge_batch_sensor, landing_zone_sensor
-from avdag.automation.versions import code_versions, with_code_versions
+from avdag.defs.captioning import captions
+from avdag.defs.ingest import raw_clips, splits
+from avdag.defs.judging import judge_scores
+from avdag.defs.reporting import clip_catalog, score_comparison
+from avdag.defs.training import sft_checkpoint
+from avdag.defs.captioning.checks import baseline_captions_check, finetuned_captions_check
+from avdag.defs.ingest.checks import no_train_eval_leak, quarantine_counts
+from avdag.defs.ingest.landing_sensor import landing_zone_sensor
+from avdag.defs.judging.batch_api_sensor import judge_batch_sensor
+from avdag.defs.judging.checks import baseline_judge_calibration, finetuned_judge_calibration
+from avdag.defs.pipeline.jobs import batch_pipeline_job
+from avdag.defs.pipeline.schedules import nightly_reprocess
+from avdag.defs.pipeline.code_versions import code_versions, with_code_versions
 from avdag.resources.cosmos_trainer import CosmosRlTrainerResource
 from avdag.resources.captioner import EMBEDDED_MODEL, CaptionerResource
 from avdag.resources.io_managers import JsonIOManager, ParquetIOManager
@@ -86,16 +86,18 @@ def build_resources() -> dict:
     }
 
 
+ASSET_CHECKS = [
+    no_train_eval_leak, quarantine_counts, baseline_captions_check, finetuned_captions_check,
+    baseline_judge_calibration, finetuned_judge_calibration,
+]
+
 _resources = build_resources()
 defs = dg.Definitions(
     assets=with_code_versions(
-        dg.load_assets_from_modules([ingest, splits, captions, training, judging, reports, catalog]),
+        dg.load_assets_from_modules([raw_clips, splits, captions, sft_checkpoint, judge_scores, score_comparison, clip_catalog]),
         code_versions(_resources),
     ),
-    asset_checks=[
-        baseline_captions_check, finetuned_captions_check, no_train_eval_leak, quarantine_counts,
-        baseline_judge_calibration, finetuned_judge_calibration,
-    ],
+    asset_checks=ASSET_CHECKS,
     jobs=[batch_pipeline_job],
     sensors=[landing_zone_sensor, judge_batch_sensor],
     schedules=[nightly_reprocess],

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import random
-from pathlib import Path
-
 import dagster as dg
 from pydantic import Field
 
-from avdag.core.caption_engine import VlmCaptioner
-from avdag.core.captioning import GenerationSettings
-from avdag.core.labels import CATEGORICAL_FIELDS, METAACTIONS
-from avdag.core.paths import avdag_home
-from avdag.core.prompts import load_prompt_set
-from avdag.core.tiny_model import TinyModelSpec, build_tiny_model
+from avdag.core.captioning.engine import VlmCaptioner
+from avdag.core.captioning.model import GenerationSettings
+from avdag.core.common.paths import avdag_home
+from avdag.core.captioning.prompts import load_prompt_set
+from avdag.demo.tiny_model import build_embedded_model
 
 EMBEDDED_MODEL = "embedded:tiny-qwen2.5-vl"
 COSMOS_REASON1 = "nvidia/Cosmos-Reason1-7B"
@@ -59,20 +54,10 @@ class CaptionerResource(dg.ConfigurableResource):
             return self.model
         target = avdag_home() / "models" / "tiny-qwen2.5-vl"
         if not (target / "config.json").exists():
-            build_tiny_model(target, tokenizer_corpus(self.prompts()))
+            build_embedded_model(target, self.prompts())
         return str(target)
 
     def captioner(self, model_path: str) -> VlmCaptioner:
         return VlmCaptioner(model_path, device=self.device, devices=self.devices or None,
                             settings=self.settings(), batch_size=self.batch_size)
 
-
-def tokenizer_corpus(prompts) -> list[str]:
-    """Text the tiny tokenizer learns from: the rubric, its answer vocabulary and label-shaped JSON."""
-    from avdag.core.synthetic import label_for_scene, random_scene
-
-    rng = random.Random(1234)
-    labels = [json.dumps(label_for_scene(random_scene(rng), rng), indent=2) for _ in range(200)]
-    vocab = [v for choices in CATEGORICAL_FIELDS.values() for v in choices] + list(METAACTIONS)
-    real = (Path(__file__).resolve().parents[1] / "sample_data" / "real" / "solidWhiteRight.label.json").read_text()
-    return [prompts.system_prompt, prompts.user_prompt, real, "\n".join(vocab)] * 4 + labels

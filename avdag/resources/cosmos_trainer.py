@@ -8,9 +8,9 @@ from typing import Optional
 import dagster as dg
 from pydantic import Field
 
-from avdag.core.cosmos_rl_config import CosmosRlSettings
-from avdag.core.cosmos_rl_launcher import train_with_cosmos_rl
-from avdag.core.training_loop import SftResult
+from avdag.core.training.cosmos_rl.config import CosmosRlSettings
+from avdag.core.training.cosmos_rl.launcher import train_with_cosmos_rl
+from avdag.core.training.embedded_loop import SftResult
 from avdag.resources.trainer import SftTrainerResource
 
 _DEFAULTS = CosmosRlSettings()

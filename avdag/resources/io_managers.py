@@ -13,8 +13,8 @@ import dagster as dg
 import pandas as pd
 from upath import UPath
 
-from avdag.core.atomic import atomic_path
-from avdag.core.paths import avdag_home
+from avdag.core.common.atomic import atomic_path
+from avdag.core.common.paths import avdag_home
 
 
 # Input metadata for an unpartitioned asset reading every partition of a partitioned one:

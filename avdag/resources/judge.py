@@ -7,12 +7,12 @@ from pydantic import Field
 
 import openai
 
-from avdag.core.judge_batch_ledger import BatchLedger
-from avdag.core.judge_cache import JudgeCache
-from avdag.core.judges import DEFAULT_MAX_IN_FLIGHT, OfflineEmbeddingJudge, OpenAIChatJudge
-from avdag.core.openai_batch_judge import BatchTracker, OpenAIBatchJudge
-from avdag.core.paths import avdag_home
-from avdag.core.prompts import PromptSet
+from avdag.core.judging.batch_api_ledger import BatchLedger
+from avdag.core.judging.verdict_cache import JudgeCache
+from avdag.core.judging.judges import DEFAULT_MAX_IN_FLIGHT, OfflineEmbeddingJudge, OpenAIChatJudge
+from avdag.core.judging.batch_api import BatchTracker, OpenAIBatchJudge
+from avdag.core.common.paths import avdag_home
+from avdag.core.captioning.prompts import PromptSet
 
 
 class JudgeResource(dg.ConfigurableResource):

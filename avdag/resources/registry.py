@@ -3,8 +3,8 @@
 import dagster as dg
 from pydantic import Field
 
-from avdag.core.paths import avdag_home
-from avdag.core.registry import ClipRegistry
+from avdag.core.common.paths import avdag_home
+from avdag.core.ingest.registry import ClipRegistry
 
 
 class ClipRegistryResource(dg.ConfigurableResource):

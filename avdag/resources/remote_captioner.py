@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from avdag.core.model_identity import model_fingerprint
-from avdag.core.remote_captioning import OpenAIVlmCaptioner
+from avdag.core.common.model_identity import model_fingerprint
+from avdag.core.captioning.remote import OpenAIVlmCaptioner
 from avdag.resources.captioner import CaptionerResource
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from avdag.core.landing import LandingZone
-from avdag.core.paths import avdag_home, default_landing_url
+from avdag.core.ingest.landing import LandingZone
+from avdag.core.common.paths import avdag_home, default_landing_url
 
 
 class LandingZoneResource(dg.ConfigurableResource):

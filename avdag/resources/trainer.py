@@ -12,7 +12,7 @@ from typing import Callable
 import dagster as dg
 from pydantic import Field
 
-from avdag.core.training_loop import SftExample, SftResult, SftSettings, train_sft
+from avdag.core.training.embedded_loop import SftExample, SftResult, SftSettings, train_sft
 
 
 class SftTrainerResource(dg.ConfigurableResource):

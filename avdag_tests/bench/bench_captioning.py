@@ -73,12 +73,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from avdag.demo.sample_data import REAL_CLIP
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-REAL_CLIP = REPO_ROOT / "avdag/sample_data/real/solidWhiteRight.camera_front_wide_120fov.mp4"
 REAL_LABEL = REAL_CLIP.with_name("solidWhiteRight.label.json")
 FPS = 2.0
 MAX_PIXELS = 16 * 9 * 28 * 28
@@ -144,7 +144,7 @@ class Clip:
 
 def real_copies(work: Path, n: int) -> list[Clip]:
     """n byte-unique copies of the real clip (new sha256, same frames)."""
-    from avdag_tests.media import unique_copy
+    from avdag_tests.support.media import unique_copy
 
     source = REAL_CLIP.read_bytes()
     label = json.loads(REAL_LABEL.read_text())
@@ -161,8 +161,8 @@ def real_copies(work: Path, n: int) -> list[Clip]:
 
 
 def synthetic_clips(work: Path, n: int) -> list[Clip]:
-    from avdag.core.landing import LABEL_SUFFIX, VIDEO_SUFFIX
-    from avdag.core.synthetic import generate_sample_batch
+    from avdag.core.ingest.landing import LABEL_SUFFIX, VIDEO_SUFFIX
+    from avdag.demo.synthetic_clips import generate_sample_batch
 
     batch = work / "landing" / "bench"
     ids = generate_sample_batch(work / "landing", "bench", n, seed=0)
@@ -185,8 +185,8 @@ def make_clips(work: Path, sizes: Sizes) -> list[Clip]:
 
 def training_examples(clips: Sequence[Clip], prompts) -> list:
     """One example per distinct clip content: every synthetic clip and the real clip once."""
-    from avdag.core.conversations import sft_messages
-    from avdag.core.training_loop import SftExample
+    from avdag.core.captioning.conversations import sft_messages
+    from avdag.core.training.embedded_loop import SftExample
 
     distinct = [c for c in clips if not c.real] + [c for c in clips if c.real][:1]
     return [SftExample(c.clip_id, c.path, sft_messages(prompts.system_prompt, prompts.user_prompt, c.path, c.label,
@@ -197,7 +197,7 @@ def training_examples(clips: Sequence[Clip], prompts) -> list:
 def fine_tuned_model(work: Path, clips: Sequence[Clip], prompts, sizes: Sizes,
                      log: Callable[[str], None]) -> dict:
     """The tiny model fine-tuned on the clips' labels, cached in the work dir by its run fingerprint."""
-    from avdag.core.training_loop import SftSettings, run_fingerprint, train_sft
+    from avdag.core.training.embedded_loop import SftSettings, run_fingerprint, train_sft
     from avdag.resources.captioner import CaptionerResource
 
     base = CaptionerResource().base_model_path()
@@ -283,7 +283,7 @@ def torchcodec_frames(path: str) -> tuple:
 
 
 def avdag_frames(path: str) -> tuple:
-    from avdag.core.video import sample_frames
+    from avdag.core.ingest.video import sample_frames
 
     sampled = sample_frames(path, fps=FPS, max_pixels=MAX_PIXELS)
     return sampled.frames, sampled.sample_fps, sampled.frame_indices
@@ -327,7 +327,7 @@ def measure_decoder_here(name: str, clips: Sequence[str], passes: int) -> dict:
     import torchcodec.decoders  # noqa: F401
     import torchvision  # noqa: F401
 
-    import avdag.core.video  # noqa: F401
+    import avdag.core.ingest.video  # noqa: F401
 
     _reset_peak_rss()
     baseline = _status_kib("VmRSS")
@@ -411,7 +411,7 @@ class Reply:
 
 
 def answer_quality(replies: Sequence[Reply], cap: int) -> dict:
-    from avdag.core.answers import answer_is_complete, parse_answer
+    from avdag.core.captioning.answers import answer_is_complete, parse_answer
 
     parsed = [parse_answer(r.text) for r in replies]
     return {
@@ -433,7 +433,7 @@ def loop_row(name: str, replies: Sequence[Reply], wall_s: float, cap: int, **ext
 
 def recipe_caption(model, processor, path: str, prompts, max_new_tokens: int) -> tuple[Reply, float]:
     """One clip the way the cookbook's LocalModel.generate does it; returns (reply, seconds reading frames)."""
-    from avdag.core.conversations import caption_messages
+    from avdag.core.captioning.conversations import caption_messages
 
     conversation = caption_messages(prompts.system_prompt, prompts.user_prompt, path, fps=FPS, max_pixels=MAX_PIXELS)
     text_prompt = processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
@@ -451,7 +451,7 @@ def recipe_caption(model, processor, path: str, prompts, max_new_tokens: int) ->
 def run_recipe_loop(model_path: str, clips: Sequence[str], prompts, max_new_tokens: int) -> dict:
     import torch
 
-    from avdag.core.captioning import load_model_and_processor
+    from avdag.core.captioning.model import load_model_and_processor
 
     model, processor = load_model_and_processor(model_path, "cpu")
     torch.manual_seed(0)
@@ -471,8 +471,8 @@ def run_recipe_loop(model_path: str, clips: Sequence[str], prompts, max_new_toke
 
 
 def run_engine(model_path: str, clips: Sequence[str], prompts, batch_size: int, max_new_tokens: int) -> dict:
-    from avdag.core.caption_engine import VlmCaptioner
-    from avdag.core.captioning import GenerationSettings
+    from avdag.core.captioning.engine import VlmCaptioner
+    from avdag.core.captioning.model import GenerationSettings
 
     captioner = VlmCaptioner(model_path, device="cpu", settings=GenerationSettings(max_new_tokens=max_new_tokens),
                              batch_size=batch_size)
@@ -520,7 +520,7 @@ def machine_info() -> dict:
 
 
 def run(sizes: Sizes, work: Path, *, log: Callable[[str], None] = lambda m: None) -> dict:
-    from avdag.core.prompts import load_prompt_set
+    from avdag.core.captioning.prompts import load_prompt_set
 
     started = time.perf_counter()
     report: dict = {"sizes": asdict(sizes), "machine": machine_info()}

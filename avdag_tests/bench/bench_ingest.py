@@ -43,16 +43,16 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from avdag.core.landing import READY_MARKER, VIDEO_SUFFIX, LandingZone  # noqa: E402
-from avdag.core.upload_watch import plan_tick  # noqa: E402
+from avdag.core.ingest.landing import READY_MARKER, VIDEO_SUFFIX, LandingZone  # noqa: E402
+from avdag.core.ingest.upload_watch import plan_tick  # noqa: E402
+from avdag.demo.sample_data import REAL_CLIP
 
-REAL_CLIP = Path(__file__).resolve().parents[2] / "avdag/sample_data/real/solidWhiteRight.camera_front_wide_120fov.mp4"
 PLACEHOLDER_BYTES = 64
 NEW_BATCH = "new-00000"  # sorts after every "hist-*" batch
 
 def sensor_settings() -> tuple[int, int]:
     """(max launches, re-check width) exactly as the deployed sensor passes them to plan_tick."""
-    from avdag.automation.sensors import MAX_BATCHES_PER_TICK, RECHECK_PER_TICK
+    from avdag.defs.ingest.landing_sensor import MAX_BATCHES_PER_TICK, RECHECK_PER_TICK
 
     return MAX_BATCHES_PER_TICK, RECHECK_PER_TICK
 
@@ -457,7 +457,7 @@ def naive_full_decode_probe(path: str | os.PathLike[str]) -> dict:
 
 
 def make_probe_clips(root: Path, n_synthetic: int, *, seed: int = 0, include_real: bool = True) -> list[Path]:
-    from avdag.core.synthetic import generate_sample_batch
+    from avdag.demo.synthetic_clips import generate_sample_batch
 
     clips = []
     if n_synthetic:
@@ -469,7 +469,7 @@ def make_probe_clips(root: Path, n_synthetic: int, *, seed: int = 0, include_rea
 
 
 def bench_probe(clips: Sequence[Path], repeats: int) -> dict:
-    from avdag.core.video import probe_video
+    from avdag.core.ingest.video import probe_video
 
     methods: dict[str, Callable[[Path], object]] = {"avdag_probe_video": probe_video,
                                                     "naive_full_decode": naive_full_decode_probe}

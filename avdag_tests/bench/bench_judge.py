@@ -35,11 +35,11 @@ from pathlib import Path
 
 import openai
 
-from avdag.core.judge_batch import judge_items, spend_of
-from avdag.core.judge_cache import JudgeCache
-from avdag.core.judges import DEFAULT_MAX_IN_FLIGHT, OpenAIChatJudge
-from avdag.core.scoring import JudgeItem, format_judge_prompt, parse_judge_score
-from avdag_tests.openai_stub_server import OpenAIStubServer, StubReply
+from avdag.core.judging.score_captions import judge_items, spend_of
+from avdag.core.judging.verdict_cache import JudgeCache
+from avdag.core.judging.judges import DEFAULT_MAX_IN_FLIGHT, OpenAIChatJudge
+from avdag.core.judging.items import JudgeItem, format_judge_prompt, parse_judge_score
+from avdag_tests.support.openai_stub_server import OpenAIStubServer, StubReply
 
 SYSTEM_PROMPT = "You are a helpful assistant who has been tasked with evaluating the reponses."
 USER_TEMPLATE = "Given the question ``%s'', human:\n%s\nLLM:\n%s\n<answer>[Single digit between 1 and 5]</answer>"

@@ -1,0 +1,8 @@
+"""What every stage shares.
+
+- `atomic`: atomic_path, write_bytes_atomic, write_json_atomic, atomic_directory
+- `labels`: the 15-field rubric (FIELDS, FIELD_COUNT), validate_label, canonicalize_label
+- `http_retry`: retry policy for OpenAI-compatible servers
+- `model_identity`: model_fingerprint, weights_sha256
+- `paths`, `package_files`: where state and shipped files live
+"""

@@ -1,0 +1,1 @@
+"""Baseline and fine-tuned captions per clip batch, and their parse checks."""

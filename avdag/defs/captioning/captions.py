@@ -1,0 +1,57 @@
+"""baseline_captions and finetuned_captions: one factory, so the two can never drift apart."""
+
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from avdag.defs.pipeline.partitions import FOLLOW_NEW_CLIPS, clip_batches
+from avdag.defs.pipeline.pools import GPU_POOL
+from avdag.core.captioning.caption_cache import caption_clips, field_failures
+from avdag.resources.captioner import CaptionerResource
+from avdag.resources.storage import ArtifactStoreResource
+
+
+def _caption_metadata(frame: pd.DataFrame) -> dict[str, Any]:
+    parsed = frame["parsed_json"].notna()
+    return {
+        "clips": len(frame),
+        "parsed": int(parsed.sum()),
+        "parse_failures": int((~parsed).sum()),
+        "all_fields_ok": int((frame["fields_ok"] == 15).sum()),
+        "computed_now": int((~frame["cached"]).sum()),
+        "not_captioned": int(frame["caption_error"].notna().sum()),
+        "field_failures": dg.MetadataValue.md(field_failures(frame).to_markdown(index=False)),
+        "mean_new_tokens": float(frame["new_tokens"].mean()) if len(frame) else 0.0,
+        "model_hash": dg.MetadataValue.text(str(frame["model_hash"].iloc[0]) if len(frame) else ""),
+    }
+
+
+def _run_captioning(context, captioner: CaptionerResource, artifacts: ArtifactStoreResource, model_path: str,
+                    raw_clips: pd.DataFrame, source: str, **extra_metadata) -> dg.Output:
+    engine = captioner.captioner(model_path)
+    frame = caption_clips(engine, raw_clips, captioner.prompts(), artifacts.path("cache", "captions"), source,
+                          log=context.log.info, run_id=context.run.run_id)
+    return dg.Output(frame, metadata={**_caption_metadata(frame), **extra_metadata})
+
+
+@dg.asset(partitions_def=clip_batches, io_manager_key="parquet_io", automation_condition=FOLLOW_NEW_CLIPS, group_name="captions",
+          pool=GPU_POOL)
+def baseline_captions(
+    context: dg.AssetExecutionContext, raw_clips: pd.DataFrame, captioner: CaptionerResource, artifacts: ArtifactStoreResource
+) -> dg.Output[pd.DataFrame]:
+    """The base model answers the rubric for every clip of the batch (raw text and parsed JSON)."""
+    return _run_captioning(context, captioner, artifacts, captioner.base_model_path(), raw_clips, "baseline")
+
+
+@dg.asset(partitions_def=clip_batches, io_manager_key="parquet_io", group_name="captions", pool=GPU_POOL)
+def finetuned_captions(
+    context: dg.AssetExecutionContext,
+    raw_clips: pd.DataFrame,
+    sft_checkpoint: dict,
+    captioner: CaptionerResource,
+    artifacts: ArtifactStoreResource,
+) -> dg.Output[pd.DataFrame]:
+    """The same captioner, loading the fine-tuned checkpoint."""
+    return _run_captioning(context, captioner, artifacts, sft_checkpoint["path"], raw_clips, "finetuned",
+                           checkpoint_id=dg.MetadataValue.text(sft_checkpoint["checkpoint_id"]))

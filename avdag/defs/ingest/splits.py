@@ -1,0 +1,38 @@
+"""clip_splits: the stable train/eval/unlabelled side of every clip of a batch."""
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from avdag.defs.pipeline.partitions import FOLLOW_NEW_CLIPS, clip_batches
+from avdag.core.ingest.splits import EVAL_FRACTION, assign_splits
+from avdag.resources.io_managers import ALL_PARTITIONS
+
+
+class SplitConfig(dg.Config):
+    eval_fraction: float = Field(
+        default=EVAL_FRACTION,
+        description="Share of labelled clips held out for evaluation. Raising it only moves clips train->eval.",
+    )
+
+
+@dg.asset(partitions_def=clip_batches, io_manager_key="parquet_io", automation_condition=FOLLOW_NEW_CLIPS, group_name="ingest")
+def clip_splits(config: SplitConfig, raw_clips: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+    """90/10 train/eval by a hash of the clip id; clips without a valid label are 'unlabelled'."""
+    sides = assign_splits(list(zip(raw_clips["clip_id"], raw_clips["label_json"].notna())), config.eval_fraction)
+    frame = pd.DataFrame({"clip_id": raw_clips["clip_id"], "sha256": raw_clips["sha256"], "split": raw_clips["clip_id"].map(sides)})
+    counts = frame["split"].value_counts()
+    return dg.Output(frame, metadata={side: int(counts.get(side, 0)) for side in ("train", "eval", "unlabelled")})
+
+
+@dg.asset(
+    ins={"clip_splits": dg.AssetIn(metadata=ALL_PARTITIONS)},
+    io_manager_key="parquet_io",
+    group_name="ingest",
+)
+def split_manifest(clip_splits: dict) -> dg.Output[pd.DataFrame]:
+    """Every batch's splits in one table: what training and evaluation read, checked for leaks."""
+    frames = [frame.assign(batch=batch) for batch, frame in sorted(clip_splits.items())]
+    manifest = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["clip_id", "sha256", "split", "batch"])
+    counts = manifest["split"].value_counts()
+    return dg.Output(manifest, metadata={"batches": len(frames), **{s: int(counts.get(s, 0)) for s in ("train", "eval", "unlabelled")}})

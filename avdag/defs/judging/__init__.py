@@ -1,0 +1,1 @@
+"""Judge scores per clip batch, the calibration check, the Batch API sensor."""

@@ -1,0 +1,1 @@
+"""What runs when: jobs, the nightly schedule, partitions, pools, code versions."""

@@ -1,0 +1,37 @@
+"""Nightly reprocessing: a run for every batch whose captions are missing or stale.
+
+"Stale" means older than the clips they describe (a re-upload) or, for fine-tuned captions,
+older than the current checkpoint. Unchanged batches are left alone; and within a run only
+clips whose (content, model, prompt, settings) changed are recomputed.
+"""
+
+import dagster as dg
+from dagster._core.events import DagsterEventType
+
+from avdag.defs.pipeline.jobs import batch_pipeline_job
+from avdag.defs.pipeline.partitions import clip_batches
+from avdag.core.ingest.staleness import batches_to_reprocess
+
+
+def _latest(instance: dg.DagsterInstance, key: str) -> dict[str, int]:
+    return dict(instance.get_latest_storage_id_by_partition(dg.AssetKey(key), DagsterEventType.ASSET_MATERIALIZATION))
+
+
+@dg.schedule(job=batch_pipeline_job, cron_schedule="0 2 * * *", default_status=dg.DefaultScheduleStatus.STOPPED)
+def nightly_reprocess(context: dg.ScheduleEvaluationContext):
+    instance = context.instance
+    batches = clip_batches.get_partition_keys(dynamic_partitions_store=instance)
+    if not batches:
+        return dg.SkipReason("no clip batches yet")
+    checkpoint = instance.fetch_materializations(dg.AssetKey("sft_checkpoint"), limit=1).records
+    reasons = batches_to_reprocess(
+        batches, _latest(instance, "raw_clips"), _latest(instance, "baseline_captions"),
+        _latest(instance, "finetuned_captions"), checkpoint[0].storage_id if checkpoint else None,
+    )
+    if not reasons:
+        return dg.SkipReason(f"all {len(batches)} batches are up to date")
+    day = context.scheduled_execution_time.strftime("%Y-%m-%d")
+    return [
+        dg.RunRequest(partition_key=b, run_key=f"nightly:{day}:{b}", tags={"avdag/reprocess_reason": why})
+        for b, why in sorted(reasons.items())
+    ]

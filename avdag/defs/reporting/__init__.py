@@ -1,0 +1,1 @@
+"""The baseline vs fine-tuned comparison and the clip catalog."""

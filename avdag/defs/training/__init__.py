@@ -1,0 +1,1 @@
+"""The SFT checkpoint trained on the train split of every clip batch."""
