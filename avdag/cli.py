@@ -11,16 +11,17 @@ import time
 from pathlib import Path
 
 from avdag.core.common.package_files import workspace_file
-from avdag.core.common.paths import avdag_home, dagster_home
+from avdag.settings import Settings, SettingsError, avdag_home
 
 DEMO_BATCH = "sample-0001"
 
 
 def _prepare_environment() -> None:
+    dagster_home = Settings.from_env().dagster_home
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ["DAGSTER_HOME"] = str(dagster_home())
-    dagster_home().mkdir(parents=True, exist_ok=True)
-    config = dagster_home() / "dagster.yaml"
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    config = dagster_home / "dagster.yaml"
     if not config.exists():
         config.write_text("telemetry:\n  enabled: false\n")
 
@@ -84,14 +85,20 @@ def _num(value) -> str:
 
 
 def demo(n_synthetic: int) -> int:
-    """Generate the sample batch in the landing zone and run the whole pipeline for it."""
-    from avdag.core.common.paths import default_landing_url
+    """Generate the sample batch, put it in the landing zone (a folder or s3://) and run the pipeline for it."""
+    from avdag.definitions import build_resources
     from avdag.demo.sample_batch import write_sample_batch
 
-    landing = Path(os.environ.get("AVDAG_LANDING_URL", default_landing_url()))
+    settings = Settings.from_env()
+    zone = build_resources(settings)["landing_zone"].zone()
     started = time.perf_counter()
-    ids = write_sample_batch(landing, DEMO_BATCH, n_synthetic)
-    print(f"sample batch {DEMO_BATCH}: {len(ids)} clips in {landing / DEMO_BATCH} ({time.perf_counter() - started:.0f}s)")
+    if zone.is_local:
+        ids = write_sample_batch(Path(zone.root), DEMO_BATCH, n_synthetic)
+    else:
+        staging = settings.home / "scratch" / "sample-batch"
+        ids = write_sample_batch(staging, DEMO_BATCH, n_synthetic)
+        zone.upload_batch(staging / DEMO_BATCH, DEMO_BATCH)
+    print(f"sample batch {DEMO_BATCH}: {len(ids)} clips in {zone.url}/{DEMO_BATCH} ({time.perf_counter() - started:.0f}s)")
     return run_batch(DEMO_BATCH)
 
 
@@ -135,11 +142,19 @@ def lineage(clip_id: str, question: str, source: str, as_json: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _dispatch(argv)
+    except SettingsError as error:
+        print(f"avdag: {error}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="avdag", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_demo = sub.add_parser("demo", help="generate the sample batch and run every asset for it")
-    p_demo.add_argument("--clips", type=int, default=int(os.environ.get("AVDAG_DEMO_CLIPS", "100")),
-                        help="synthetic clips besides the real one")
+    p_demo.add_argument("--clips", type=int, default=None,
+                        help="synthetic clips besides the real one (default $AVDAG_DEMO_CLIPS or 100)")
     p_run = sub.add_parser("run", help="run every asset for a batch already in the landing zone")
     p_run.add_argument("batch")
     p_search = sub.add_parser(
@@ -168,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.query += extra
     if args.command == "demo":
-        return demo(args.clips)
+        return demo(Settings.from_env().demo_clips if args.clips is None else args.clips)
     if args.command == "run":
         return run_batch(args.batch)
     if args.command == "search":

@@ -1,15 +1,10 @@
-"""The one Definitions object: assets, resources, jobs, sensor, schedule and checks.
+"""The one Definitions object: settings -> resources -> assets, checks, sensors, schedule, job.
 
-Resources are chosen here, once, from the environment: OPENAI_API_KEY switches the judge to
-the OpenAI-compatible one (AVDAG_JUDGE_BATCH_API=1 sends it through the Batch API), AVDAG_MODEL
-the captioning model, AVDAG_VLM_BASE_URLS captioning through OpenAI-compatible servers,
-AVDAG_TRAINER=cosmos-rl training through cosmos-rl, AVDAG_LANDING_URL the landing zone,
-AVDAG_PROMPTS_DIR the prompt folder. Assets never branch on that; prompts, models and judge
-settings become the model-driven assets' code versions.
+`Settings.from_env()` reads the environment once; the resources are chosen from it here (an
+OpenAI key switches the judge, `AVDAG_VLM_BASE_URLS` captioning through servers, `AVDAG_TRAINER`
+the trainer, ...). Assets never branch on that; prompts, models and judge settings become the
+model-driven assets' code versions.
 """
-
-import os
-import shlex
 
 import dagster as dg
 
@@ -21,66 +16,70 @@ from avdag.defs.training import sft_checkpoint
 from avdag.defs.captioning.checks import baseline_captions_check, finetuned_captions_check
 from avdag.defs.ingest.checks import no_train_eval_leak, quarantine_counts
 from avdag.defs.ingest.landing_sensor import landing_zone_sensor
-from avdag.defs.judging.batch_api_sensor import judge_batch_sensor
+from avdag.defs.judging.batch_api_sensor import batch_api_judge_sensor
 from avdag.defs.judging.checks import baseline_judge_calibration, finetuned_judge_calibration
 from avdag.defs.pipeline.jobs import batch_pipeline_job
 from avdag.defs.pipeline.schedules import nightly_reprocess
 from avdag.defs.pipeline.code_versions import code_versions, with_code_versions
 from avdag.resources.cosmos_trainer import CosmosRlTrainerResource
-from avdag.resources.captioner import EMBEDDED_MODEL, CaptionerResource
+from avdag.resources.captioner import CaptionerResource
 from avdag.resources.io_managers import JsonIOManager, ParquetIOManager
 from avdag.resources.remote_captioner import OpenAIVlmCaptionerResource
 from avdag.resources.judge import OfflineJudgeResource, OpenAIJudgeResource
 from avdag.resources.registry import ClipRegistryResource
 from avdag.resources.storage import ArtifactStoreResource, LandingZoneResource
 from avdag.resources.trainer import EmbeddedTrainerResource
+from avdag.settings import Settings
 
 
-def _judge():
-    if os.environ.get("OPENAI_API_KEY"):
-        return OpenAIJudgeResource(
-            api_key=dg.EnvVar("OPENAI_API_KEY"),
-            model=os.environ.get("AVDAG_JUDGE_MODEL", "gpt-5"),
-            base_url=os.environ.get("OPENAI_BASE_URL"),
-            use_batch_api=os.environ.get("AVDAG_JUDGE_BATCH_API", "") in ("1", "true", "yes"),
-        )
-    return OfflineJudgeResource()
-
-
-def _captioner():
-    settings = dict(
-        model=os.environ.get("AVDAG_MODEL", EMBEDDED_MODEL),
-        prompts_dir=os.environ.get("AVDAG_PROMPTS_DIR"),
-        max_new_tokens=int(os.environ.get("AVDAG_MAX_NEW_TOKENS", "1024")),
-        batch_size=int(os.environ["AVDAG_CAPTION_BATCH"]) if os.environ.get("AVDAG_CAPTION_BATCH") else None,
+def _judge(settings: Settings):
+    if not settings.openai_api_key_set:
+        return OfflineJudgeResource()
+    return OpenAIJudgeResource(
+        api_key=dg.EnvVar("OPENAI_API_KEY"),
+        model=settings.judge_model,
+        base_url=settings.openai_base_url,
+        use_batch_api=settings.judge_batch_api,
     )
-    urls = [u.strip() for u in os.environ.get("AVDAG_VLM_BASE_URLS", "").split(",") if u.strip()]
-    if not urls:
-        return CaptionerResource(**settings)
-    key = dg.EnvVar("AVDAG_VLM_API_KEY") if os.environ.get("AVDAG_VLM_API_KEY") else "EMPTY"
-    return OpenAIVlmCaptionerResource(base_urls=urls, api_key=key, served_model=os.environ.get("AVDAG_VLM_MODEL"), **settings)
 
 
-def _trainer():
-    if os.environ.get("AVDAG_TRAINER", "embedded") == "cosmos-rl":
+def _captioner(settings: Settings):
+    common = dict(
+        model=settings.model,
+        prompts_dir=settings.prompts_dir,
+        max_new_tokens=settings.max_new_tokens,
+        clips_per_generate=settings.clips_per_generate,
+    )
+    if not settings.vlm_base_urls:
+        return CaptionerResource(**common)
+    return OpenAIVlmCaptionerResource(
+        base_urls=list(settings.vlm_base_urls),
+        api_key=dg.EnvVar("AVDAG_VLM_API_KEY") if settings.vlm_api_key_set else "EMPTY",
+        served_model=settings.vlm_model,
+        **common,
+    )
+
+
+def _trainer(settings: Settings):
+    if settings.trainer == "cosmos-rl":
         return CosmosRlTrainerResource(
-            launcher=shlex.split(os.environ.get("AVDAG_COSMOS_RL_LAUNCHER", "cosmos-rl")),
-            work_dir=os.environ.get("AVDAG_COSMOS_RL_WORK_DIR"),
+            launcher=list(settings.cosmos_rl_launcher), work_dir=settings.cosmos_rl_work_dir
         )
-    return EmbeddedTrainerResource(steps=int(os.environ.get("AVDAG_SFT_STEPS", "800")))
+    if settings.sft_steps is not None:
+        return EmbeddedTrainerResource(steps=settings.sft_steps)
+    return EmbeddedTrainerResource()
 
 
-def build_resources() -> dict:
+def build_resources(settings: Settings | None = None) -> dict:
+    """Every resource, chosen from the settings (read from the environment when not given)."""
+    settings = settings or Settings.from_env()
     return {
-        "landing_zone": LandingZoneResource(
-            url=os.environ.get("AVDAG_LANDING_URL"),
-            s3_endpoint_url=os.environ.get("AVDAG_S3_ENDPOINT_URL"),
-        ),
+        "landing_zone": LandingZoneResource(url=settings.landing_url, s3_endpoint_url=settings.s3_endpoint_url),
         "artifacts": ArtifactStoreResource(),
         "clip_registry": ClipRegistryResource(),
-        "captioner": _captioner(),
-        "trainer": _trainer(),
-        "judge": _judge(),
+        "captioner": _captioner(settings),
+        "trainer": _trainer(settings),
+        "judge": _judge(settings),
         "parquet_io": ParquetIOManager(),
         "json_io": JsonIOManager(),
     }
@@ -99,7 +98,7 @@ defs = dg.Definitions(
     ),
     asset_checks=ASSET_CHECKS,
     jobs=[batch_pipeline_job],
-    sensors=[landing_zone_sensor, judge_batch_sensor],
+    sensors=[landing_zone_sensor, batch_api_judge_sensor],
     schedules=[nightly_reprocess],
     resources=_resources,
 )

@@ -4,8 +4,8 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-for name in ("OPENAI_API_KEY", "AVDAG_MODEL", "AVDAG_LANDING_URL"):
-    os.environ.pop(name, None)  # the tests choose their own judge, model and landing zone
+for name in [n for n in os.environ if n.startswith(("AVDAG_", "OPENAI_"))]:
+    os.environ.pop(name)  # the tests choose their own judge, model, trainer and landing zone
 
 import pytest  # noqa: E402
 
@@ -26,3 +26,12 @@ def tiny_model_path(avdag_home):
     from avdag.resources.captioner import CaptionerResource
 
     return CaptionerResource().base_model_path()
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A loopback S3 server (moto) for one test module; see `avdag_tests.support.s3_server`."""
+    from avdag_tests.support.s3_server import LoopbackS3
+
+    with LoopbackS3() as server:
+        yield server

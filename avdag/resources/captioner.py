@@ -7,11 +7,10 @@ from pydantic import Field
 
 from avdag.core.captioning.engine import VlmCaptioner
 from avdag.core.captioning.model import GenerationSettings
-from avdag.core.common.paths import avdag_home
 from avdag.core.captioning.prompts import load_prompt_set
 from avdag.demo.tiny_model import build_embedded_model
+from avdag.settings import EMBEDDED_MODEL, avdag_home
 
-EMBEDDED_MODEL = "embedded:tiny-qwen2.5-vl"
 COSMOS_REASON1 = "nvidia/Cosmos-Reason1-7B"
 
 
@@ -27,7 +26,7 @@ class CaptionerResource(dg.ConfigurableResource):
         default_factory=list,
         description="One model copy per entry (e.g. ['cuda:0', 'cuda:1']) sharing the batch's clips; empty = [device].",
     )
-    batch_size: int | None = Field(
+    clips_per_generate: int | None = Field(
         default=None,
         description="Clips per generate call (left-padded); default 8 on a GPU, 1 on a CPU. Does not change greedy answers.",
     )
@@ -59,5 +58,5 @@ class CaptionerResource(dg.ConfigurableResource):
 
     def captioner(self, model_path: str) -> VlmCaptioner:
         return VlmCaptioner(model_path, device=self.device, devices=self.devices or None,
-                            settings=self.settings(), batch_size=self.batch_size)
+                            settings=self.settings(), clips_per_generate=self.clips_per_generate)
 

@@ -14,7 +14,7 @@ import pandas as pd
 from upath import UPath
 
 from avdag.core.common.atomic import atomic_path
-from avdag.core.common.paths import avdag_home
+from avdag.settings import avdag_home
 
 
 # Input metadata for an unpartitioned asset reading every partition of a partitioned one:
@@ -75,6 +75,17 @@ class _ParquetUPathIOManager(_AtomicUPathIOManager):
 
     def _read(self, path: UPath) -> pd.DataFrame:
         return pd.read_parquet(str(path))
+
+    def get_metadata(self, context: dg.OutputContext, obj: pd.DataFrame) -> dict[str, Any]:
+        """Column names and types, and the row count, so the UI shows every table's schema."""
+        return {
+            "dagster/column_schema": table_schema(obj),
+            "dagster/row_count": dg.MetadataValue.int(len(obj)),
+        }
+
+
+def table_schema(frame: pd.DataFrame) -> dg.TableSchema:
+    return dg.TableSchema(columns=[dg.TableColumn(str(name), str(dtype)) for name, dtype in frame.dtypes.items()])
 
 
 class _JsonUPathIOManager(_AtomicUPathIOManager):

@@ -7,11 +7,11 @@ from pydantic import Field
 
 import openai
 
-from avdag.core.judging.batch_api_ledger import BatchLedger
+from avdag.core.judging.batch_api_ledger import BatchApiLedger
 from avdag.core.judging.verdict_cache import JudgeCache
 from avdag.core.judging.judges import DEFAULT_MAX_IN_FLIGHT, OfflineEmbeddingJudge, OpenAIChatJudge
-from avdag.core.judging.batch_api import BatchTracker, OpenAIBatchJudge
-from avdag.core.common.paths import avdag_home
+from avdag.core.judging.batch_api import BatchApiTracker, OpenAIBatchJudge
+from avdag.settings import avdag_home
 from avdag.core.captioning.prompts import PromptSet
 
 
@@ -30,7 +30,7 @@ class JudgeResource(dg.ConfigurableResource):
         """Where verdicts are kept between runs; None: every run judges every item."""
         return None
 
-    def batch_tracker(self) -> BatchTracker | None:
+    def batch_tracker(self) -> BatchApiTracker | None:
         """What polls submitted batches; None for a judge that never batches."""
         return None
 
@@ -49,7 +49,7 @@ class OpenAIJudgeResource(JudgeResource):
     use_batch_api: bool = Field(
         default=False,
         description="Score through the OpenAI Batch API (half the price): a run submits and ends, and the "
-                    "judge_batch_sensor requests the scoring run again when the batch has ended.",
+                    "batch_api_judge_sensor requests the scoring run again when the batch has ended.",
     )
     batch_dir: str | None = Field(default=None, description="Submission records; default $AVDAG_HOME/judge_batches.")
 
@@ -70,15 +70,15 @@ class OpenAIJudgeResource(JudgeResource):
         """One store for baseline and fine-tuned scoring, so an unchanged answer is judged once."""
         return JudgeCache(self.cache_path or avdag_home() / "cache" / "judge.sqlite")
 
-    def batch_tracker(self) -> BatchTracker | None:
+    def batch_tracker(self) -> BatchApiTracker | None:
         if not self.use_batch_api:
             return None
         client = openai.OpenAI(api_key=self.api_key, base_url=self.base_url, timeout=self.timeout_s,
                                max_retries=self.max_retries)
-        return BatchTracker(client, self._ledger())
+        return BatchApiTracker(client, self._ledger())
 
-    def _ledger(self) -> BatchLedger:
-        return BatchLedger(self.batch_dir or avdag_home() / "judge_batches")
+    def _ledger(self) -> BatchApiLedger:
+        return BatchApiLedger(self.batch_dir or avdag_home() / "judge_batches")
 
 
 class OfflineJudgeResource(JudgeResource):

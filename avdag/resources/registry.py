@@ -3,7 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
-from avdag.core.common.paths import avdag_home
+from avdag.settings import avdag_home
 from avdag.core.ingest.registry import ClipRegistry
 
 

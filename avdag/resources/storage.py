@@ -8,7 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from avdag.core.ingest.landing import LandingZone
-from avdag.core.common.paths import avdag_home, default_landing_url
+from avdag.settings import avdag_home
 
 
 class LandingZoneResource(dg.ConfigurableResource):
@@ -18,7 +18,7 @@ class LandingZoneResource(dg.ConfigurableResource):
     s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, moto, ...).")
 
     def zone(self) -> LandingZone:
-        url = self.url or default_landing_url()
+        url = self.url or str(avdag_home() / "landing")
         options: dict = {}
         if url.startswith("s3://"):
             # A sensor lives for days: s3fs's shared instance and listing cache would hide new

@@ -14,6 +14,8 @@ from pydantic import Field
 
 from avdag.core.training.embedded_loop import SftExample, SftResult, SftSettings, train_sft
 
+_DEFAULTS = SftSettings()
+
 
 class SftTrainerResource(dg.ConfigurableResource):
     """Base for trainers: turn conversations into a checkpoint folder `from_pretrained` loads."""
@@ -30,19 +32,21 @@ class SftTrainerResource(dg.ConfigurableResource):
 class EmbeddedTrainerResource(SftTrainerResource):
     """Plain PyTorch/transformers SFT in the Dagster step: for small models and CPU demos."""
 
-    steps: int = Field(default=800, description="Optimizer steps.")
-    batch_size: int = Field(default=2, description="Examples per step (gradient accumulation).")
-    learning_rate: float = Field(default=2e-3, description="2e-3 suits the tiny model; the recipe uses 2e-6 for 7B.")
-    warmup_steps: int = 10
-    seed: int = 0
+    steps: int = Field(default=_DEFAULTS.steps, description="Optimizer steps.")
+    batch_size: int = Field(default=_DEFAULTS.batch_size, description="Examples per step (gradient accumulation).")
+    learning_rate: float = Field(
+        default=_DEFAULTS.learning_rate, description="The default suits the tiny model; the recipe uses 2e-6 for 7B."
+    )
+    warmup_steps: int = _DEFAULTS.warmup_steps
+    seed: int = _DEFAULTS.seed
     device: str = "auto"
     lora_rank: int = Field(
-        default=0,
+        default=_DEFAULTS.lora_rank,
         description="0 trains every weight; >0 trains LoRA adapters of this rank on the language model's attention "
         "and MLP projections (not the vision tower), merged into the exported checkpoint.",
     )
-    lora_alpha: int = Field(default=16, description="LoRA scaling numerator: adapters are scaled by lora_alpha / lora_rank.")
-    lora_dropout: float = Field(default=0.0, description="Dropout on the LoRA adapters' input.")
+    lora_alpha: int = Field(default=_DEFAULTS.lora_alpha, description="LoRA scaling numerator: adapters are scaled by lora_alpha / lora_rank.")
+    lora_dropout: float = Field(default=_DEFAULTS.lora_dropout, description="Dropout on the LoRA adapters' input.")
     checkpoint_every: int = Field(
         default=50,
         description="Save resumable training state every this many steps (0: never), so a restarted run continues "

@@ -475,7 +475,7 @@ def run_engine(model_path: str, clips: Sequence[str], prompts, batch_size: int, 
     from avdag.core.captioning.model import GenerationSettings
 
     captioner = VlmCaptioner(model_path, device="cpu", settings=GenerationSettings(max_new_tokens=max_new_tokens),
-                             batch_size=batch_size)
+                             clips_per_generate=batch_size)
     captioner.caption(clips[0], prompts.system_prompt, prompts.user_prompt)  # model load + warm-up
     start = time.perf_counter()
     outputs = dict(captioner.caption_stream(list(clips), prompts.system_prompt, prompts.user_prompt))

@@ -5,8 +5,7 @@
         s3.upload_dir(batch_dir, "landing-bucket/landing/batch-1")
         zone = LandingZone("s3://landing-bucket/landing", s3.storage_options())
 
-`s3` (module scope) is the same thing as a pytest fixture; import it into a test module with
-`from avdag_tests.support.s3_server import s3  # noqa: F401`.
+The `s3` fixture in `avdag_tests/conftest.py` starts one per test module.
 
 Listing caches: s3fs keeps every directory listing it makes (`dircache`) and, by default, fsspec
 hands back one shared `S3FileSystem` instance per set of options. A listing made before an upload
@@ -22,7 +21,6 @@ import logging
 import os
 from pathlib import Path
 
-import pytest
 
 _CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -147,10 +145,3 @@ class LoopbackS3:
             fs.pipe_file(key, path.read_bytes())
             keys.append(key)
         return keys
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """A LoopbackS3 started for one test module."""
-    with LoopbackS3() as server:
-        yield server

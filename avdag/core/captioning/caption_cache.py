@@ -17,7 +17,7 @@ import pandas as pd
 
 from avdag.core.captioning.answers import parse_answer
 from avdag.core.common.atomic import write_json_atomic
-from avdag.core.captioning.model import CaptionOutput, GenerationSettings
+from avdag.core.captioning.model import CaptionOutput, CaptionSource, GenerationSettings
 from avdag.core.common.labels import FIELDS
 
 CAPTION_COLUMNS = (
@@ -57,7 +57,7 @@ def caption_clips(
     clips: pd.DataFrame,
     prompts,
     cache_dir: Path,
-    caption_source: str,
+    caption_source: CaptionSource,
     log: Log = print,
     run_id: str | None = None,
 ) -> pd.DataFrame:
@@ -117,7 +117,7 @@ def _read_cached(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _row(clip, record, key, captioner: Captioner, prompts, caption_source: str) -> dict[str, Any]:
+def _row(clip, record, key, captioner: Captioner, prompts, caption_source: CaptionSource) -> dict[str, Any]:
     error = record.get("error")
     parsed = parse_answer(record["raw_text"])
     return {

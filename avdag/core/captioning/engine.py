@@ -2,10 +2,10 @@
 
 The recipe captions one clip per `generate` call and decodes every frame before sampling. Here
 several clips share one `generate` (left padding, so every prompt ends where generation starts),
-the frames of the next batch are sampled on a helper thread while the current batch generates,
-and each device (GPU) runs its own copy of the model over a shared queue of batches.
+the frames of the next generate group are sampled on a helper thread while the current batch generates,
+and each device (GPU) runs its own copy of the model over a shared queue of generate_groups.
 
-Batching does not change greedy answers (a test checks batched == one-at-a-time), so batch size
+Batching does not change greedy answers (a test checks batched == one-at-a-time), so clips per generate
 and devices are not part of a caption's identity; generation settings are.
 """
 
@@ -39,20 +39,20 @@ class PreparedClip:
     seconds: float = 0.0
 
 
-GPU_BATCH_SIZE = 8
+GPU_CLIPS_PER_GENERATE = 8
 
 
-def default_batch_size(device: str) -> int:
+def default_clips_per_generate(device: str) -> int:
     """8 on a GPU, where a decoding step costs about the same for 8 rows as for 1; 1 on a CPU, where
     each row costs its full share and padding to the batch's longest clip is pure loss (measured
     by the captioning benchmark)."""
-    return GPU_BATCH_SIZE if device.startswith("cuda") else 1
+    return GPU_CLIPS_PER_GENERATE if device.startswith("cuda") else 1
 
 
 class VlmCaptioner:
     """Answers the rubric for many clips with a Qwen2.5-VL-architecture model.
 
-    `batch_size` clips share one `generate` (default: `default_batch_size` of the device);
+    `clips_per_generate` clips share one `generate` (default: `default_clips_per_generate` of the device);
     `devices` lists where model copies run (e.g. ["cuda:0", "cuda:1"]); "auto" means one copy on
     cuda:0 if present, else the CPU.
     """
@@ -63,15 +63,15 @@ class VlmCaptioner:
         *,
         device: str = "auto",
         settings: GenerationSettings = GenerationSettings(),
-        batch_size: int | None = None,
+        clips_per_generate: int | None = None,
         devices: Sequence[str] | None = None,
     ):
         self.model_path = str(model_path)
         self.settings = settings
         self.devices = [resolve_device(d) for d in (devices or [device])]
-        self.batch_size = batch_size or default_batch_size(self.devices[0])
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.clips_per_generate = clips_per_generate or default_clips_per_generate(self.devices[0])
+        if self.clips_per_generate < 1:
+            raise ValueError(f"clips_per_generate must be >= 1, got {clips_per_generate}")
         self._models: dict[int, tuple] = {}
         self._load_lock = threading.Lock()
 
@@ -89,24 +89,24 @@ class VlmCaptioner:
     def caption_stream(
         self, video_paths: Sequence[str], system_prompt: str, user_prompt: str
     ) -> Iterator[tuple[int, CaptionOutput]]:
-        """Yield (index, output) per clip as batches finish; a bad clip yields an error, the rest go on."""
-        batches = [list(range(i, min(i + self.batch_size, len(video_paths)))) for i in range(0, len(video_paths), self.batch_size)]
-        if not batches:
+        """Yield (index, output) per clip as generate_groups finish; a bad clip yields an error, the rest go on."""
+        generate_groups = [list(range(i, min(i + self.clips_per_generate, len(video_paths)))) for i in range(0, len(video_paths), self.clips_per_generate)]
+        if not generate_groups:
             return
         results: queue.Queue = queue.Queue()
         stop = threading.Event()
-        next_batch = iter(batches)
+        next_group = iter(generate_groups)
         take_lock = threading.Lock()
         with ThreadPoolExecutor(max_workers=len(self.devices), thread_name_prefix="avdag-frames") as frames_pool:
 
             def take() -> Future | None:
                 with take_lock:
-                    batch = None if stop.is_set() else next(next_batch, None)
+                    batch = None if stop.is_set() else next(next_group, None)
                 if batch is None:
                     return None
                 return frames_pool.submit(self._prepare, [(i, str(video_paths[i])) for i in batch], system_prompt, user_prompt)
 
-            def run_batches(slot: int) -> Iterator[tuple[int, CaptionOutput]]:
+            def run_groups(slot: int) -> Iterator[tuple[int, CaptionOutput]]:
                 upcoming = take()
                 while upcoming is not None:
                     prepared = upcoming.result()
@@ -116,12 +116,12 @@ class VlmCaptioner:
             if len(self.devices) == 1:
                 # One device: generate on the calling thread. torch's intra-op (OpenMP) pool belongs to
                 # the thread that uses it; a worker thread would spin up and wake a pool of its own.
-                yield from run_batches(0)
+                yield from run_groups(0)
                 return
 
             def work(slot: int) -> None:
                 try:
-                    for item in run_batches(slot):
+                    for item in run_groups(slot):
                         results.put(item)
                 except BaseException as error:  # a worker that cannot run (e.g. model load) stops the stream
                     results.put(error)

@@ -11,8 +11,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 from avdag.core.ingest.video import RECIPE_FPS, RECIPE_MAX_PIXELS, sample_frames
+
+# Which model wrote a caption: the base model, or the SFT checkpoint in service.
+CaptionSource = Literal["baseline", "finetuned"]
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ FIELDS = (
     "rule_violation",
     "interesting_scenario",
 )
+FIELD_COUNT = len(FIELDS)
 TEXT_FIELDS = (
     "road_conditions",
     "traffic_light",

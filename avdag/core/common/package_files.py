@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def _package_path(*parts: str) -> Path:
-    path = Path(str(files("avdag").joinpath(*parts)))
+    path = Path(str(files("avdag").joinpath(*parts))).resolve()
     if not path.exists():
         raise FileNotFoundError(f"avdag package data missing: {path} (a broken install?)")
     return path

@@ -176,3 +176,22 @@ class LandingZone:
             with atomic_path(target) as tmp:
                 self.fs.get_file(key, str(tmp))
         return target
+
+    def upload_batch(self, local_batch_dir: Path, batch: str) -> int:
+        """Copy a finished local batch folder into the zone as `batch`, its `_READY` marker last.
+
+        Each object is one upload (atomic on object stores, an atomic rename locally), and the
+        marker goes last, so a sensor never sees a partial batch. Returns the files copied.
+        """
+        if not is_safe_name(batch):
+            raise ValueError(f"unsafe batch name {batch!r}")
+        files = sorted(p for p in Path(local_batch_dir).rglob("*") if p.is_file() and p.name not in MARKERS)
+        for path in files + [Path(local_batch_dir) / READY_MARKER]:
+            relative = path.relative_to(local_batch_dir).as_posix()
+            target = f"{self.root}/{batch}/{relative}"
+            if self.is_local:
+                with atomic_path(Path(target)) as tmp:
+                    tmp.write_bytes(path.read_bytes() if path.exists() else b"")
+            else:
+                self.fs.pipe_file(target, path.read_bytes() if path.exists() else b"")
+        return len(files)

@@ -3,8 +3,8 @@
 A scoring run cannot wait 24 hours, so judging is split over runs:
 
 1. the first run sends every uncached item as a JSONL batch (custom_id = the item's cache key),
-   records the submission in the `BatchLedger` and raises `JudgeBatchPending`;
-2. a sensor polls the batch with `BatchTracker.poll()` and, once it has ended, requests the run
+   records the submission in the `BatchApiLedger` and raises `BatchApiPending`;
+2. a sensor polls the batch with `BatchApiTracker.poll()` and, once it has ended, requests the run
    that was waiting for it;
 3. that run asks again for the same items, finds the ended submission covering them and reads
    its output and error files into verdicts, exactly as if they had been judged live.
@@ -21,7 +21,7 @@ from typing import Any
 
 import openai
 
-from avdag.core.judging.batch_api_ledger import BatchLedger, BatchPart, BatchSubmission, submission_key
+from avdag.core.judging.batch_api_ledger import BatchApiLedger, BatchApiPart, BatchApiSubmission, submission_key
 from avdag.core.judging.verdict_cache import judge_cache_key, judge_cache_scope
 from avdag.core.judging.judges import JudgeVerdict, judge_request_body, verdict_from_reply
 from avdag.core.judging.items import JudgeItem
@@ -35,10 +35,10 @@ ADOPT_SCAN_LIMIT = 500  # recent batches searched for an unrecorded submission o
 _REUSABLE_STATUSES = frozenset({"validating", "in_progress", "finalizing", "completed"})
 
 
-class JudgeBatchPending(Exception):
+class BatchApiPending(Exception):
     """The verdicts are in a batch that has not ended; the run that waits for them ends here."""
 
-    def __init__(self, submission: BatchSubmission, submitted_now: bool) -> None:
+    def __init__(self, submission: BatchApiSubmission, submitted_now: bool) -> None:
         self.submission = submission
         self.submitted_now = submitted_now
         verb = "submitted" if submitted_now else "still waiting for"
@@ -48,14 +48,14 @@ class JudgeBatchPending(Exception):
         )
 
 
-class BatchTracker:
+class BatchApiTracker:
     """Polls the batches of uncollected submissions and records what it saw."""
 
-    def __init__(self, client: openai.OpenAI, ledger: BatchLedger) -> None:
+    def __init__(self, client: openai.OpenAI, ledger: BatchApiLedger) -> None:
         self.client = client
         self.ledger = ledger
 
-    def refresh(self, submission: BatchSubmission) -> BatchSubmission:
+    def refresh(self, submission: BatchApiSubmission) -> BatchApiSubmission:
         """Each running part's current status and counts, saved to the ledger."""
         changed = False
         for part in submission.parts:
@@ -66,7 +66,7 @@ class BatchTracker:
             self.ledger.save(submission)
         return submission
 
-    def poll(self) -> tuple[list[BatchSubmission], list[BatchSubmission]]:
+    def poll(self) -> tuple[list[BatchApiSubmission], list[BatchApiSubmission]]:
         """(ended, still running) among the submissions no run has collected yet."""
         ended, running = [], []
         for submission in self.ledger.uncollected():
@@ -89,7 +89,7 @@ class OpenAIBatchJudge:
         base_url: str | None = None,
         system_prompt: str,
         user_template: str,
-        ledger: BatchLedger,
+        ledger: BatchApiLedger,
         requested_by: dict[str, str] | None = None,
         timeout_s: float = 120.0,
         max_retries: int = 4,
@@ -105,7 +105,7 @@ class OpenAIBatchJudge:
         self.max_requests_per_batch = max_requests_per_batch
         # Few, cheap calls (upload, create, retrieve): the client's own retries are enough here.
         self.client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries)
-        self.tracker = BatchTracker(self.client, ledger)
+        self.tracker = BatchApiTracker(self.client, ledger)
         self.judge_id = f"openai-batch:{model}@{str(self.client.base_url).rstrip('/')}"
         # The live judge's scope: a verdict bought either way answers both.
         self.cache_scope = judge_cache_scope(f"openai:{model}", system_prompt, user_template)
@@ -117,9 +117,9 @@ class OpenAIBatchJudge:
         keys = [judge_cache_key(self.cache_scope, item) for item in items]
         submission = self.ledger.covering(self.cache_scope, keys)
         if submission is None:
-            raise JudgeBatchPending(self._submit(dict(zip(keys, items))), submitted_now=True)
+            raise BatchApiPending(self._submit(dict(zip(keys, items))), submitted_now=True)
         if not self.tracker.refresh(submission).ended:
-            raise JudgeBatchPending(submission, submitted_now=False)
+            raise BatchApiPending(submission, submitted_now=False)
         verdicts = self._collect(submission)
         if submission.requested_by == self.requested_by:  # another asset's run reading a shared batch leaves it to its owner
             submission.collected_at = time.time()
@@ -128,7 +128,7 @@ class OpenAIBatchJudge:
 
     # -- submitting ---------------------------------------------------------------------------------
 
-    def _submit(self, items_by_key: dict[str, JudgeItem]) -> BatchSubmission:
+    def _submit(self, items_by_key: dict[str, JudgeItem]) -> BatchApiSubmission:
         custom_ids = sorted(items_by_key)  # one order for one set, so a re-created part holds the same lines
         request_key = submission_key(self.cache_scope, custom_ids)
         chunks = self._chunks([self._request_line(key, items_by_key[key]) for key in custom_ids])
@@ -136,8 +136,8 @@ class OpenAIBatchJudge:
         parts = []
         for index, chunk in enumerate(chunks):
             batch = adoptable.get(index) or self._create_batch(request_key, index, len(chunks), chunk)
-            parts.append(_update_part(BatchPart(batch.id, batch.input_file_id, len(chunk), batch.status), batch))
-        submission = BatchSubmission(request_key, self.cache_scope, self.requested_by, custom_ids, parts)
+            parts.append(_update_part(BatchApiPart(batch.id, batch.input_file_id, len(chunk), batch.status), batch))
+        submission = BatchApiSubmission(request_key, self.cache_scope, self.requested_by, custom_ids, parts)
         self.ledger.save(submission)
         return submission
 
@@ -179,7 +179,7 @@ class OpenAIBatchJudge:
 
     # -- collecting ---------------------------------------------------------------------------------
 
-    def _collect(self, submission: BatchSubmission) -> dict[str, JudgeVerdict]:
+    def _collect(self, submission: BatchApiSubmission) -> dict[str, JudgeVerdict]:
         """A verdict for every custom_id: its result line, else an error naming its batch's fate."""
         found: dict[str, JudgeVerdict] = {}
         for part in submission.parts:
@@ -196,7 +196,7 @@ class OpenAIBatchJudge:
         return verdicts
 
 
-def _update_part(part: BatchPart, batch: Any) -> BatchPart:
+def _update_part(part: BatchApiPart, batch: Any) -> BatchApiPart:
     part.status = batch.status
     part.output_file_id = batch.output_file_id
     part.error_file_id = batch.error_file_id

@@ -23,7 +23,7 @@ TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
 @dataclass
-class BatchPart:
+class BatchApiPart:
     """One OpenAI batch of a submission (a submission has several past the per-batch request limit)."""
 
     batch_id: str
@@ -42,12 +42,12 @@ class BatchPart:
 
 
 @dataclass
-class BatchSubmission:
+class BatchApiSubmission:
     request_key: str
     scope: str
     requested_by: dict[str, str]
     custom_ids: list[str]
-    parts: list[BatchPart]
+    parts: list[BatchApiPart]
     submitted_at: float = field(default_factory=time.time)
     collected_at: float | None = None
 
@@ -63,8 +63,8 @@ class BatchSubmission:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BatchSubmission:
-        return cls(**{**data, "parts": [BatchPart(**part) for part in data["parts"]]})
+    def from_dict(cls, data: dict[str, Any]) -> BatchApiSubmission:
+        return cls(**{**data, "parts": [BatchApiPart(**part) for part in data["parts"]]})
 
 
 def submission_key(scope: str, custom_ids: list[str]) -> str:
@@ -72,7 +72,7 @@ def submission_key(scope: str, custom_ids: list[str]) -> str:
     return hashlib.sha256(json.dumps([scope, sorted(set(custom_ids))]).encode()).hexdigest()
 
 
-class BatchLedger:
+class BatchApiLedger:
     """Submission records in a folder: `<request_key>.json`."""
 
     def __init__(self, folder: str | Path) -> None:
@@ -81,23 +81,23 @@ class BatchLedger:
     def _path(self, request_key: str) -> Path:
         return self.folder / f"{request_key}.json"
 
-    def save(self, submission: BatchSubmission) -> None:
+    def save(self, submission: BatchApiSubmission) -> None:
         write_json_atomic(self._path(submission.request_key), submission.as_dict())
 
-    def load(self, request_key: str) -> BatchSubmission | None:
+    def load(self, request_key: str) -> BatchApiSubmission | None:
         path = self._path(request_key)
         return self._read(path) if path.exists() else None
 
-    def submissions(self) -> list[BatchSubmission]:
+    def submissions(self) -> list[BatchApiSubmission]:
         """Every record, newest first."""
         found = [self._read(path) for path in self.folder.glob("*.json")] if self.folder.exists() else []
         return sorted(found, key=lambda submission: submission.submitted_at, reverse=True)
 
-    def uncollected(self) -> list[BatchSubmission]:
+    def uncollected(self) -> list[BatchApiSubmission]:
         """Submissions whose results no run has taken yet: what the sensor watches."""
         return [submission for submission in self.submissions() if submission.collected_at is None]
 
-    def covering(self, scope: str, custom_ids: list[str]) -> BatchSubmission | None:
+    def covering(self, scope: str, custom_ids: list[str]) -> BatchApiSubmission | None:
         """The newest uncollected submission of this judge that holds every one of `custom_ids`.
 
         A superset counts: once the other score asset has cached part of a shared batch's
@@ -110,20 +110,20 @@ class BatchLedger:
         return None
 
     @staticmethod
-    def _read(path: Path) -> BatchSubmission:
+    def _read(path: Path) -> BatchApiSubmission:
         try:
-            return BatchSubmission.from_dict(json.loads(path.read_text()))
+            return BatchApiSubmission.from_dict(json.loads(path.read_text()))
         except (ValueError, TypeError, KeyError) as error:
             raise ValueError(f"unreadable judge batch record {path}: {error}") from error
 
 
-def runs_to_request(ended: list[BatchSubmission]) -> dict[str, tuple[list[str], str]]:
+def runs_to_request(ended: list[BatchApiSubmission]) -> dict[str, tuple[list[str], str]]:
     """{partition: (assets waiting there, run key)} for ended submissions.
 
     The run key is derived from the submissions it collects, so a sensor that sees the same
     ended batches again asks for no second run.
     """
-    by_partition: dict[str, list[BatchSubmission]] = {}
+    by_partition: dict[str, list[BatchApiSubmission]] = {}
     for submission in ended:
         by_partition.setdefault(submission.requested_by.get("partition", ""), []).append(submission)
     runs = {}

@@ -47,6 +47,12 @@ def format_judge_prompt(template: str, question: str, human_answer: Any, model_a
         ) from exc
 
 
+def tagged_answer(reply: str) -> str | None:
+    """The text of the last <answer>...</answer> tag of a judge reply (brackets stripped), or None."""
+    tagged = _ANSWER_TAG.findall(reply)
+    return tagged[-1].strip().strip("[]").strip() if tagged else None
+
+
 def parse_judge_score(reply: str | None) -> int | None:
     """The 1-5 score in a judge reply, or None when the reply holds no usable score.
 
@@ -56,10 +62,8 @@ def parse_judge_score(reply: str | None) -> int | None:
     """
     if not reply:
         return None
-    tagged = _ANSWER_TAG.findall(reply)
-    if tagged:
-        candidate = tagged[-1].strip().strip("[]").strip()
-    else:
+    candidate = tagged_answer(reply)
+    if candidate is None:
         digits = _SCORE_DIGIT.findall(reply)
         candidate = digits[-1] if digits else ""
     return _score_in_range(candidate)

@@ -14,7 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import openai
 
@@ -46,6 +46,19 @@ class JudgeVerdict:
     attempts: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+
+class Judge(Protocol):
+    """Any judge (live, Batch API, offline), as scoring and the calibration check use it.
+
+    `judge` returns one verdict per item, in order; a failed item carries `error`, it never
+    raises for one item. `judge_id` names the judge in every score row. `cache_scope` keys the
+    verdict cache (judge model and prompts); judges not worth caching are run without a cache.
+    """
+
+    judge_id: str
+
+    def judge(self, items: list[JudgeItem]) -> list[JudgeVerdict]: ...
 
 
 # --------------------------------------------------------------------------- OpenAI chat judge

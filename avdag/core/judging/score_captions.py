@@ -21,8 +21,8 @@ from typing import Any, Callable
 import pandas as pd
 
 from avdag.core.judging.verdict_cache import JudgeCache, judge_cache_key
-from avdag.core.judging.judges import JudgeVerdict
-from avdag.core.judging.items import JudgeItem, plan_judge_items
+from avdag.core.judging.judges import Judge, JudgeVerdict
+from avdag.core.judging.items import JudgeItem, plan_judge_items, tagged_answer
 
 SCORE_COLUMNS = (
     "clip_id", "batch", "clip_sha256", "source_url", "caption_source", "model_path", "model_hash",
@@ -31,7 +31,6 @@ SCORE_COLUMNS = (
     "cached", "judge_attempts", "prompt_tokens", "completion_tokens",
 )
 # The tag parse_judge_score reads first; an integer in it outside 1-5 is "out of range".
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -62,8 +61,8 @@ def reply_outcome(verdict: JudgeVerdict) -> str:
         return "error"
     if verdict.score is not None:
         return "scored"
-    tagged = _ANSWER_TAG.findall(verdict.reply)
-    if tagged and re.fullmatch(r"-?\d+", tagged[-1].strip().strip("[]").strip()):
+    tagged = tagged_answer(verdict.reply)
+    if tagged is not None and re.fullmatch(r"-?\d+", tagged):
         return "out_of_range"
     return "parse_failure"
 
@@ -74,7 +73,7 @@ class _Judged:
     cached: bool
 
 
-def judge_items(judge, items: list[JudgeItem], cache: JudgeCache | None) -> list[_Judged]:
+def judge_items(judge: Judge, items: list[JudgeItem], cache: JudgeCache | None) -> list[_Judged]:
     """Verdicts for `items` in order: cached ones from the store, the rest from one judge() call."""
     if cache is None:
         return [_Judged(verdict, cached=False) for verdict in judge.judge(items)]
@@ -115,8 +114,18 @@ def spend_of(judged: list[_Judged]) -> JudgeSpend:
     )
 
 
-def _clip_plan(clip, caption, prompts, judge) -> tuple[dict, dict, dict | None, list[JudgeItem], dict[str, str]]:
-    """(lineage, label, parsed answer, items to judge, {skipped field: reason}) for one clip."""
+@dataclass(frozen=True)
+class _ClipPlan:
+    """What scoring one clip needs: its lineage columns, label, parsed answer, items and skipped fields."""
+
+    lineage: dict[str, Any]
+    label: dict[str, Any]
+    answer: dict[str, Any] | None
+    items: list[JudgeItem]
+    skipped: dict[str, str]  # field -> why it is not judged
+
+
+def _clip_plan(clip, caption, prompts, judge: Judge) -> _ClipPlan:
     label = json.loads(clip.label_json)
     answer = json.loads(caption.parsed_json) if isinstance(caption.parsed_json, str) else None
     items, skipped = plan_judge_items(label, answer, prompts.questions)
@@ -126,11 +135,11 @@ def _clip_plan(clip, caption, prompts, judge) -> tuple[dict, dict, dict | None, 
         "caption_prompt_hash": caption.prompt_hash, "generation": caption.generation, "caption_key": caption.caption_key,
         "judge_id": judge.judge_id, "judge_prompt_hash": prompts.judge_hash,
     }
-    return lineage, label, answer, items, skipped
+    return _ClipPlan(lineage, label, answer, items, skipped)
 
 
 def score_captions(
-    judge, prompts, eval_clips: pd.DataFrame, captions: pd.DataFrame, *,
+    judge: Judge, prompts, eval_clips: pd.DataFrame, captions: pd.DataFrame, *,
     cache: JudgeCache | None = None, log: Callable[[str], None] = print,
 ) -> tuple[pd.DataFrame, JudgeSpend]:
     """Score every eval clip's caption against its human label, question by question; (rows, spend)."""
@@ -141,13 +150,13 @@ def score_captions(
             raise KeyError(f"no caption for eval clip {clip.clip_id}")
         plans.append(_clip_plan(clip, by_clip.loc[clip.clip_id], prompts, judge))
     started = time.perf_counter()
-    judged = iter(judge_items(judge, [item for *_, items, _ in plans for item in items], cache))
+    judged = iter(judge_items(judge, [item for plan in plans for item in plan.items], cache))
     rows, judged_in_order = [], []
-    for lineage, label, answer, items, skipped in plans:
-        by_field = {item.field: next(judged) for item in items}
+    for plan in plans:
+        by_field = {item.field: next(judged) for item in plan.items}
         judged_in_order.extend(by_field.values())
         for field, question in prompts.questions.items():
-            rows.append({**lineage, **_row(field, question, label, answer, by_field.get(field), skipped)})
+            rows.append({**plan.lineage, **_row(field, question, plan, by_field.get(field))})
     spend = spend_of(judged_in_order)
     log(f"judged {spend.items} items of {len(plans)} clips in {time.perf_counter() - started:.1f}s: "
         f"{spend.calls} calls, {spend.cache_hits} cache hits, {spend.failures} failures")
@@ -156,15 +165,16 @@ def score_captions(
     return frame, spend
 
 
-def _row(field, question, label, answer, judged: _Judged | None, skipped: dict[str, str]) -> dict[str, Any]:
+def _row(field: str, question: str, plan: _ClipPlan, judged: _Judged | None) -> dict[str, Any]:
     verdict = judged.verdict if judged else None
+    label, answer = plan.label, plan.answer
     return {
         "field": field,
         "question": question,
         "human_answer": json.dumps(label.get(field), ensure_ascii=False),
         "model_answer": json.dumps(answer.get(field), ensure_ascii=False) if answer and field in answer else None,
         "score": verdict.score if verdict else None,
-        "judge_reply": verdict.reply if verdict else skipped[field],
+        "judge_reply": verdict.reply if verdict else plan.skipped[field],
         "judge_error": verdict.error if verdict else None,
         "cached": judged.cached if judged else False,
         "judge_attempts": verdict.attempts if verdict else 0,

@@ -13,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from avdag.core.captioning.model import CaptionSource
+
 SOURCES = ("baseline", "finetuned")
 
 
@@ -24,11 +26,11 @@ class LineageError(LookupError):
 class Lineage:
     clip_id: str
     field: str
-    source: str
+    source: CaptionSource
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def score_lineage(assets_dir: Path, clip_id: str, question: str, source: str = "finetuned") -> Lineage:
+def score_lineage(assets_dir: Path, clip_id: str, question: str, source: CaptionSource = "finetuned") -> Lineage:
     """Upload → split → caption (→ checkpoint) → score for one clip and question."""
     if source not in SOURCES:
         raise LineageError(f"source must be one of {SOURCES}, got {source!r}")

@@ -26,15 +26,17 @@ import json
 import math
 import zlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pandas as pd
 
+from avdag.core.captioning.model import CaptionSource
+
 from avdag.core.judging.judges import canonical_multiple_choice
 from avdag.core.common.labels import MULTIPLE_CHOICE_FIELDS
 
-SOURCES = ("baseline", "finetuned")
+SOURCES: tuple[CaptionSource, ...] = get_args(CaptionSource)
 CLIP_KEY = ["batch", "clip_id"]
 INTERVAL_PERCENTILES = (2.5, 97.5)
 # One clip resamples to itself: its "interval" would be a point claiming certainty.

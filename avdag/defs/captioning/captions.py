@@ -10,6 +10,8 @@ from avdag.defs.pipeline.pools import GPU_POOL
 from avdag.core.captioning.caption_cache import caption_clips, field_failures
 from avdag.resources.captioner import CaptionerResource
 from avdag.resources.storage import ArtifactStoreResource
+from avdag.core.common.labels import FIELD_COUNT
+from avdag.core.captioning.model import CaptionSource
 
 
 def _caption_metadata(frame: pd.DataFrame) -> dict[str, Any]:
@@ -18,7 +20,7 @@ def _caption_metadata(frame: pd.DataFrame) -> dict[str, Any]:
         "clips": len(frame),
         "parsed": int(parsed.sum()),
         "parse_failures": int((~parsed).sum()),
-        "all_fields_ok": int((frame["fields_ok"] == 15).sum()),
+        "all_fields_ok": int((frame["fields_ok"] == FIELD_COUNT).sum()),
         "computed_now": int((~frame["cached"]).sum()),
         "not_captioned": int(frame["caption_error"].notna().sum()),
         "field_failures": dg.MetadataValue.md(field_failures(frame).to_markdown(index=False)),
@@ -28,7 +30,7 @@ def _caption_metadata(frame: pd.DataFrame) -> dict[str, Any]:
 
 
 def _run_captioning(context, captioner: CaptionerResource, artifacts: ArtifactStoreResource, model_path: str,
-                    raw_clips: pd.DataFrame, source: str, **extra_metadata) -> dg.Output:
+                    raw_clips: pd.DataFrame, source: CaptionSource, **extra_metadata) -> dg.Output:
     engine = captioner.captioner(model_path)
     frame = caption_clips(engine, raw_clips, captioner.prompts(), artifacts.path("cache", "captions"), source,
                           log=context.log.info, run_id=context.run.run_id)
@@ -36,7 +38,7 @@ def _run_captioning(context, captioner: CaptionerResource, artifacts: ArtifactSt
 
 
 @dg.asset(partitions_def=clip_batches, io_manager_key="parquet_io", automation_condition=FOLLOW_NEW_CLIPS, group_name="captions",
-          pool=GPU_POOL)
+          pool=GPU_POOL, kinds={"pytorch", "parquet"})
 def baseline_captions(
     context: dg.AssetExecutionContext, raw_clips: pd.DataFrame, captioner: CaptionerResource, artifacts: ArtifactStoreResource
 ) -> dg.Output[pd.DataFrame]:
@@ -44,7 +46,8 @@ def baseline_captions(
     return _run_captioning(context, captioner, artifacts, captioner.base_model_path(), raw_clips, "baseline")
 
 
-@dg.asset(partitions_def=clip_batches, io_manager_key="parquet_io", group_name="captions", pool=GPU_POOL)
+@dg.asset(partitions_def=clip_batches, io_manager_key="parquet_io", group_name="captions", pool=GPU_POOL,
+          kinds={"pytorch", "parquet"})
 def finetuned_captions(
     context: dg.AssetExecutionContext,
     raw_clips: pd.DataFrame,

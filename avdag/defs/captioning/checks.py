@@ -3,17 +3,18 @@
 import dagster as dg
 
 from avdag.resources.io_managers import concat_partitions
+from avdag.core.common.labels import FIELD_COUNT
 
 
 def _captions_parse_check(asset_key: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=asset_key,
         name="captions_parse_with_all_fields",
-        description="Every caption (all batches) parses as a JSON object whose 15 fields have valid types and values.",
+        description="Every caption (all batches) parses as a JSON object whose rubric fields all have valid types and values.",
     )
     def _check(captions) -> dg.AssetCheckResult:
         captions = concat_partitions(captions)
-        complete = captions["fields_ok"] == 15
+        complete = captions["fields_ok"] == FIELD_COUNT
         failures = captions.loc[~complete, ["batch", "clip_id", "parse_error", "fields_ok"]]
         return dg.AssetCheckResult(
             passed=bool(complete.all()),

@@ -31,8 +31,8 @@ QUARANTINE_COLUMNS = list(QuarantineRecord.__dataclass_fields__)
 
 @dg.multi_asset(
     outs={
-        "raw_clips": dg.AssetOut(io_manager_key="parquet_io", description="One row per decodable clip: probe, hash, label."),
-        "clip_quarantine": dg.AssetOut(io_manager_key="parquet_io", description="Every rejected file with the check and reason."),
+        "raw_clips": dg.AssetOut(io_manager_key="parquet_io", kinds={"video", "parquet"}, description="One row per decodable clip: probe, hash, label."),
+        "clip_quarantine": dg.AssetOut(io_manager_key="parquet_io", kinds={"parquet"}, description="Every rejected file with the check and reason."),
     },
     partitions_def=clip_batches,
     group_name="ingest",

@@ -16,7 +16,8 @@ class SplitConfig(dg.Config):
     )
 
 
-@dg.asset(partitions_def=clip_batches, io_manager_key="parquet_io", automation_condition=FOLLOW_NEW_CLIPS, group_name="ingest")
+@dg.asset(partitions_def=clip_batches, io_manager_key="parquet_io", automation_condition=FOLLOW_NEW_CLIPS, group_name="ingest",
+          kinds={"parquet"})
 def clip_splits(config: SplitConfig, raw_clips: pd.DataFrame) -> dg.Output[pd.DataFrame]:
     """90/10 train/eval by a hash of the clip id; clips without a valid label are 'unlabelled'."""
     sides = assign_splits(list(zip(raw_clips["clip_id"], raw_clips["label_json"].notna())), config.eval_fraction)
@@ -29,6 +30,7 @@ def clip_splits(config: SplitConfig, raw_clips: pd.DataFrame) -> dg.Output[pd.Da
     ins={"clip_splits": dg.AssetIn(metadata=ALL_PARTITIONS)},
     io_manager_key="parquet_io",
     group_name="ingest",
+    kinds={"parquet"},
 )
 def split_manifest(clip_splits: dict) -> dg.Output[pd.DataFrame]:
     """Every batch's splits in one table: what training and evaluation read, checked for leaks."""

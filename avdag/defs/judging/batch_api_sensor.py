@@ -12,7 +12,7 @@ from avdag.resources.judge import JudgeResource
     minimum_interval_seconds=120,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
-def judge_batch_sensor(context: dg.SensorEvaluationContext, judge: JudgeResource):
+def batch_api_judge_sensor(context: dg.SensorEvaluationContext, judge: JudgeResource):
     """Polls the judge's Batch API submissions; when one ends, re-runs the scoring that waits for it.
 
     The comparison joins the run once no submission is still running, so it never compares a

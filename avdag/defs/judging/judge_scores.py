@@ -5,13 +5,14 @@ import pandas as pd
 
 from avdag.defs.pipeline.partitions import clip_batches
 from avdag.core.judging.score_captions import score_captions
-from avdag.core.judging.batch_api import JudgeBatchPending
+from avdag.core.judging.batch_api import BatchApiPending
 from avdag.core.judging.items import summarize_scores
+from avdag.core.captioning.model import CaptionSource
 from avdag.resources.captioner import CaptionerResource
 from avdag.resources.judge import JudgeResource
 
 
-def build_judge_scores_asset(source: str) -> dg.AssetsDefinition:
+def build_judge_scores_asset(source: CaptionSource) -> dg.AssetsDefinition:
     captions_key = f"{source}_captions"
 
     @dg.asset(
@@ -20,6 +21,7 @@ def build_judge_scores_asset(source: str) -> dg.AssetsDefinition:
         partitions_def=clip_batches,
         io_manager_key="parquet_io",
         group_name="evaluation",
+        kinds={"openai", "parquet"},
         description=f"Judge scores (1-5) of the {source} captions of the eval clips, per question, with lineage.",
         output_required=False,  # a Batch API judge ends the run unmaterialized until its batch is back
     )
@@ -37,7 +39,7 @@ def build_judge_scores_asset(source: str) -> dg.AssetsDefinition:
         scorer = judge.build_scorer(prompts, {"asset": context.asset_key.to_user_string(), "partition": context.partition_key})
         try:
             frame, spend = score_captions(scorer, prompts, eval_clips, captions, cache=judge.cache(), log=context.log.info)
-        except JudgeBatchPending as pending:
+        except BatchApiPending as pending:
             context.log.info(str(pending))
             context.log_event(_pending_observation(context, pending))
             return
@@ -55,7 +57,7 @@ def build_judge_scores_asset(source: str) -> dg.AssetsDefinition:
     return _judge_scores
 
 
-def _pending_observation(context: dg.AssetExecutionContext, pending: JudgeBatchPending) -> dg.AssetObservation:
+def _pending_observation(context: dg.AssetExecutionContext, pending: BatchApiPending) -> dg.AssetObservation:
     """What the UI shows for a score asset whose verdicts are still in a batch."""
     submission = pending.submission
     return dg.AssetObservation(

@@ -6,7 +6,6 @@ clips whose (content, model, prompt, settings) changed are recomputed.
 """
 
 import dagster as dg
-from dagster._core.events import DagsterEventType
 
 from avdag.defs.pipeline.jobs import batch_pipeline_job
 from avdag.defs.pipeline.partitions import clip_batches
@@ -14,7 +13,7 @@ from avdag.core.ingest.staleness import batches_to_reprocess
 
 
 def _latest(instance: dg.DagsterInstance, key: str) -> dict[str, int]:
-    return dict(instance.get_latest_storage_id_by_partition(dg.AssetKey(key), DagsterEventType.ASSET_MATERIALIZATION))
+    return dict(instance.get_latest_storage_id_by_partition(dg.AssetKey(key), dg.DagsterEventType.ASSET_MATERIALIZATION))
 
 
 @dg.schedule(job=batch_pipeline_job, cron_schedule="0 2 * * *", default_status=dg.DefaultScheduleStatus.STOPPED)

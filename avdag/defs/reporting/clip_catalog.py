@@ -17,6 +17,7 @@ CATALOG_FILE = "catalog.duckdb"
         "finetuned_captions": dg.AssetIn(metadata=ALL_PARTITIONS),
     },
     group_name="catalog",
+    kinds={"duckdb"},
 )
 def clip_catalog(
     raw_clips: dict,

@@ -27,6 +27,7 @@ from avdag.resources.storage import ArtifactStoreResource
     },
     io_manager_key="json_io",
     group_name="evaluation",
+    kinds={"json", "png"},
 )
 def score_comparison(
     context: dg.AssetExecutionContext,

@@ -42,6 +42,7 @@ def _checkpoint_id(base_hash: str, settings: dict, examples: list[SftExample], p
     io_manager_key="json_io",
     group_name="training",
     pool=GPU_POOL,
+    kinds={"pytorch", "safetensors"},
 )
 def sft_checkpoint(
     context: dg.AssetExecutionContext,

@@ -46,8 +46,8 @@ def answers(captioner, paths, prompts):
 
 
 def test_batched_greedy_answers_equal_one_at_a_time(tiny_model_path, clips, prompts):
-    single = answers(VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS, batch_size=1), clips, prompts)
-    batched = answers(VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS, batch_size=4), clips, prompts)
+    single = answers(VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS, clips_per_generate=1), clips, prompts)
+    batched = answers(VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS, clips_per_generate=4), clips, prompts)
     assert sorted(batched) == list(range(len(clips)))
     assert len({out.video_tokens for out in single.values()}) > 1, "clips should need padding"
     for i in range(len(clips)):
@@ -58,8 +58,8 @@ def test_batched_greedy_answers_equal_one_at_a_time(tiny_model_path, clips, prom
 
 
 def test_two_workers_share_the_clips_and_agree_with_one(tiny_model_path, clips, prompts):
-    one = answers(VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS, batch_size=1), clips, prompts)
-    two = answers(VlmCaptioner(tiny_model_path, devices=["cpu", "cpu"], settings=SETTINGS, batch_size=1), clips, prompts)
+    one = answers(VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS, clips_per_generate=1), clips, prompts)
+    two = answers(VlmCaptioner(tiny_model_path, devices=["cpu", "cpu"], settings=SETTINGS, clips_per_generate=1), clips, prompts)
     assert {i: o.raw_text for i, o in two.items()} == {i: o.raw_text for i, o in one.items()}
 
 
@@ -67,7 +67,7 @@ def test_a_bad_clip_reports_its_file_and_the_batch_goes_on(tiny_model_path, clip
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 20)
     paths = [clips[0], str(broken), clips[1]]
-    captioner = VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS, batch_size=2)
+    captioner = VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS, clips_per_generate=2)
     got = list(captioner.caption_stream(paths, prompts.system_prompt, prompts.user_prompt))
     assert sorted(i for i, _ in got) == [0, 1, 2]
     outputs = dict(got)
@@ -91,7 +91,7 @@ KILLABLE_RUN = textwrap.dedent("""
     from avdag.core.captioning.model import GenerationSettings
     from avdag.core.captioning.prompts import load_prompt_set
     model, frame, cache = sys.argv[1:4]
-    captioner = VlmCaptioner(model, device="cpu", settings=GenerationSettings(max_new_tokens=32), batch_size=1)
+    captioner = VlmCaptioner(model, device="cpu", settings=GenerationSettings(max_new_tokens=32), clips_per_generate=1)
     caption_clips(captioner, pd.read_json(frame, dtype=False), load_prompt_set(), __import__("pathlib").Path(cache), "baseline",
                   log=lambda line: print(line, flush=True))
 """)
@@ -129,7 +129,7 @@ def test_a_run_killed_mid_batch_resumes_without_recomputing_or_tearing(tiny_mode
     assert 2 <= len(survivors) < len(clips)
     assert all(p.endswith(".json") for p in survivors), f"torn or temp files left: {survivors}"
 
-    engine = VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS, batch_size=2)
+    engine = VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS, clips_per_generate=2)
     counting = CountingCaptioner(engine)
     resumed = caption_clips(counting, frame, prompts, cache, "baseline", log=lambda _: None)
     assert len(counting.asked) == len(clips) - len(survivors)
@@ -146,7 +146,7 @@ def test_a_run_killed_mid_batch_resumes_without_recomputing_or_tearing(tiny_mode
 def test_failed_clips_are_not_cached_and_are_retried(tiny_model_path, clips, prompts, tmp_path):
     missing = str(tmp_path / "gone.mp4")
     frame = _clip_frame([clips[0], missing])
-    engine = VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS, batch_size=2)
+    engine = VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS, clips_per_generate=2)
     first = caption_clips(engine, frame, prompts, tmp_path / "cache", "baseline", log=lambda _: None)
     assert first["caption_error"].isna().tolist() == [True, False]
     assert first.loc[1, "parse_error"].startswith("not captioned:") and "gone.mp4" in first.loc[1, "parse_error"]

@@ -52,8 +52,9 @@ def edit(path: Path) -> None:
 
 
 def test_project_prompts_dir_is_the_repository_folder():
-    assert PROJECT_PROMPTS_DIR == REPO_PROMPTS
-    assert all((REPO_PROMPTS / name).is_file() for name in PROJECT_FILES)
+    """The package's prompts are the repository's top-level folder (a link in a checkout, a copy in a wheel)."""
+    assert PROJECT_PROMPTS_DIR.resolve() == REPO_PROMPTS.resolve()
+    assert all((PROJECT_PROMPTS_DIR / name).is_file() for name in PROJECT_FILES)
 
 
 def test_project_folder_loads_with_five_non_empty_parts():

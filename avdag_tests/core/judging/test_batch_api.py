@@ -5,10 +5,10 @@ import json
 import pytest
 
 from avdag.core.judging.score_captions import judge_items
-from avdag.core.judging.batch_api_ledger import BatchLedger, runs_to_request
+from avdag.core.judging.batch_api_ledger import BatchApiLedger, runs_to_request
 from avdag.core.judging.verdict_cache import JudgeCache, judge_cache_key
 from avdag.core.judging.judges import OpenAIChatJudge
-from avdag.core.judging.batch_api import BatchTracker, JudgeBatchPending, OpenAIBatchJudge
+from avdag.core.judging.batch_api import BatchApiTracker, BatchApiPending, OpenAIBatchJudge
 from avdag.core.judging.items import JudgeItem
 from avdag_tests.support.openai_stub_server import OpenAIStubServer, StubReply
 
@@ -32,12 +32,12 @@ def server():
 
 def _judge(server, tmp_path, **kwargs):
     return OpenAIBatchJudge(model="judge-test", api_key="test", base_url=server.base_url, system_prompt=SYSTEM,
-                            user_template=TEMPLATE, ledger=BatchLedger(tmp_path / "batches"),
+                            user_template=TEMPLATE, ledger=BatchApiLedger(tmp_path / "batches"),
                             requested_by={"asset": "baseline_judge_scores", "partition": "b1"}, max_retries=0, **kwargs)
 
 
-def _pending(judge, items) -> JudgeBatchPending:
-    with pytest.raises(JudgeBatchPending) as raised:
+def _pending(judge, items) -> BatchApiPending:
+    with pytest.raises(BatchApiPending) as raised:
         judge.judge(items)
     return raised.value
 
@@ -119,7 +119,7 @@ def test_requests_past_the_batch_limit_go_in_several_batches(server, tmp_path):
 def test_with_the_cache_a_second_scoring_of_the_same_answers_costs_nothing(server, tmp_path):
     judge, cache = _judge(server, tmp_path), JudgeCache(tmp_path / "judge.sqlite")
     items = ITEMS + ITEMS[:1]  # a duplicate is asked once
-    with pytest.raises(JudgeBatchPending) as pending:
+    with pytest.raises(BatchApiPending) as pending:
         judge_items(judge, items, cache)
     assert len(pending.value.submission.custom_ids) == 4
     server.finish_batch(pending.value.submission.parts[0].batch_id)
@@ -127,7 +127,7 @@ def test_with_the_cache_a_second_scoring_of_the_same_answers_costs_nothing(serve
     assert [j.verdict.score for j in first] == [5, 1, 2, None, 5] and first[-1].cached
 
     # The scored three come from the cache; the unparsed one is a new, smaller submission.
-    with pytest.raises(JudgeBatchPending) as retry:
+    with pytest.raises(BatchApiPending) as retry:
         judge_items(judge, items, cache)
     assert retry.value.submission.custom_ids == [judge_cache_key(judge.cache_scope, ITEMS[3])]
     server.finish_batch(retry.value.submission.parts[0].batch_id)
@@ -156,7 +156,7 @@ def test_tracker_reports_ended_and_running_submissions_and_one_run_per_partition
     server.complete_after_polls = 2
     judge = _judge(server, tmp_path)
     _pending(judge, ITEMS[:2])
-    tracker = BatchTracker(judge.client, judge.ledger)
+    tracker = BatchApiTracker(judge.client, judge.ledger)
     ended, running = tracker.poll()
     assert (len(ended), len(running)) == (0, 1) and running[0].parts[0].status == "in_progress"
     ended, running = tracker.poll()

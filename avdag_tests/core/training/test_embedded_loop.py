@@ -103,7 +103,7 @@ def test_fingerprint_names_base_settings_and_answers(tiny_model_path, examples):
     fingerprint = run_fingerprint(tiny_model_path, settings, examples)
     assert fingerprint == run_fingerprint(tiny_model_path, SftSettings(), list(examples))
     assert fingerprint != run_fingerprint("nvidia/Cosmos-Reason1-7B", settings, examples)
-    assert fingerprint != run_fingerprint(tiny_model_path, SftSettings(learning_rate=2e-3), examples)
+    assert fingerprint != run_fingerprint(tiny_model_path, SftSettings(learning_rate=1e-4), examples)
     assert fingerprint != run_fingerprint(tiny_model_path, SftSettings(lora_rank=8), examples)
     assert fingerprint != run_fingerprint(tiny_model_path, settings, [examples[0], _example("rain", "Snow"), examples[2]])
 

@@ -30,7 +30,6 @@ from avdag_tests.support.bad_inputs import (
     s3_only_inputs,
 )
 from avdag_tests.support.media import unique_copy
-from avdag_tests.support.s3_server import s3  # noqa: F401  (module-scoped fixture)
 
 BATCH = "batch-2024_01.a"
 BUCKET = "landing-bucket"

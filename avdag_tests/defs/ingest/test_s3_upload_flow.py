@@ -13,7 +13,6 @@ from avdag.resources.registry import ClipRegistryResource
 from avdag.resources.storage import ArtifactStoreResource, LandingZoneResource
 from avdag.demo.sample_batch import REAL_CLIP_ID, write_sample_batch
 from avdag_tests.support.pipeline_helpers import ALL_ASSETS, small_resources, small_run_config
-from avdag_tests.support.s3_server import s3  # noqa: F401  (module fixture)
 
 BUCKET = "fleet-uploads"
 LANDING = f"s3://{BUCKET}/landing"

@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from avdag.defs.pipeline.partitions import clip_batches
-from avdag.defs.judging.batch_api_sensor import judge_batch_sensor
+from avdag.defs.judging.batch_api_sensor import batch_api_judge_sensor
 from avdag.core.common.labels import format_label_as_answer
 from avdag.resources.judge import OpenAIJudgeResource
 from avdag.resources.registry import ClipRegistryResource
@@ -32,7 +32,7 @@ def landing(tmp_path_factory):
 
 
 def _sense(instance, judge):
-    return judge_batch_sensor(dg.build_sensor_context(instance=instance, resources={"judge": judge}))
+    return batch_api_judge_sensor(dg.build_sensor_context(instance=instance, resources={"judge": judge}))
 
 
 def test_batch_scoring_is_submitted_then_collected_by_the_run_the_sensor_requests(landing, tmp_path, monkeypatch):
