@@ -31,8 +31,8 @@ def run_batch(batch: str) -> int:
     _prepare_environment()
     import dagster as dg
 
-    from avdag.defs.pipeline.partitions import clip_batches
     from avdag.definitions import defs
+    from avdag.defs.pipeline.partitions import clip_batches
 
     instance = dg.DagsterInstance.get()
     if not instance.has_dynamic_partition(clip_batches.name, batch):
@@ -61,20 +61,28 @@ def _print_report() -> None:
     report_path = avdag_home() / "reports" / "comparison.json"
     report = json.loads(report_path.read_text())
     print(f"\nJudge scores on {report['eval_clips']} eval clip(s), judge {', '.join(report['judge_ids'])}")
-    print("mean per question (a missing answer counts as 1); diff = fine-tuned - baseline, paired by clip, "
-          "with its bootstrap 95% interval")
+    print(
+        "mean per question (a missing answer counts as 1); diff = fine-tuned - baseline, paired by clip, "
+        "with its bootstrap 95% interval"
+    )
     print(f"{'question':<34}{'baseline':>10}{'finetuned':>11}   {'diff [95% interval]':<28}{'scored b/f':>12}")
     for row in report["table"]:
         scored = f"{row['baseline_scored_n']}/{row['finetuned_scored_n']} of {row['n']}"
-        print(f"{row['field']:<34}{_num(row['baseline_mean_score_strict']):>10}"
-              f"{_num(row['finetuned_mean_score_strict']):>11}   {format_difference(row):<28}{scored:>12}")
-    print(f"fine-tuned significantly better on {report['questions_finetuned_better']}, worse on "
-          f"{report['questions_finetuned_worse']}, n.s. on {len(report['questions_not_significant'])} "
-          f"of {report['questions']} questions")
+        print(
+            f"{row['field']:<34}{_num(row['baseline_mean_score_strict']):>10}"
+            f"{_num(row['finetuned_mean_score_strict']):>11}   {format_difference(row):<28}{scored:>12}"
+        )
+    print(
+        f"fine-tuned significantly better on {report['questions_finetuned_better']}, worse on "
+        f"{report['questions_finetuned_worse']}, n.s. on {len(report['questions_not_significant'])} "
+        f"of {report['questions']} questions"
+    )
     print(f"\n{'exact accuracy':<34}{'baseline':>10}{'finetuned':>11}   always the majority answer")
     for row in report["multiple_choice_accuracy"]:
-        print(f"{row['field']:<34}{_num(row['baseline_accuracy']):>10}{_num(row['finetuned_accuracy']):>11}   "
-              f"{_num(row['majority_accuracy'])} ({json.dumps(row['majority_answer'])}, n={row['n']})")
+        print(
+            f"{row['field']:<34}{_num(row['baseline_accuracy']):>10}{_num(row['finetuned_accuracy']):>11}   "
+            f"{_num(row['majority_accuracy'])} ({json.dumps(row['majority_answer'])}, n={row['n']})"
+        )
     print(f"\nchart: {avdag_home() / 'reports' / 'comparison.png'}")
     print(f"table: {report_path}")
     print('search the clips: .venv/bin/avdag search weather="Light rain" night   (more in the README)')
@@ -98,15 +106,17 @@ def demo(n_synthetic: int) -> int:
         staging = settings.home / "scratch" / "sample-batch"
         ids = write_sample_batch(staging, DEMO_BATCH, n_synthetic)
         zone.upload_batch(staging / DEMO_BATCH, DEMO_BATCH)
-    print(f"sample batch {DEMO_BATCH}: {len(ids)} clips in {zone.url}/{DEMO_BATCH} ({time.perf_counter() - started:.0f}s)")
+    print(
+        f"sample batch {DEMO_BATCH}: {len(ids)} clips in {zone.url}/{DEMO_BATCH} ({time.perf_counter() - started:.0f}s)"
+    )
     return run_batch(DEMO_BATCH)
 
 
 def search(query: list[str], limit: int, where: str | None) -> int:
     """Query the clip catalog with avdag's filter language (see `avdag search --help`)."""
-    from avdag.defs.reporting.clip_catalog import CATALOG_FILE
     from avdag.core.reporting.catalog import CatalogQueryError
     from avdag.core.reporting.catalog import search as run_search
+    from avdag.defs.reporting.clip_catalog import CATALOG_FILE
 
     try:
         rows = run_search(avdag_home() / CATALOG_FILE, " ".join(query), limit=limit, where_sql=where)
@@ -153,8 +163,12 @@ def _dispatch(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="avdag", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_demo = sub.add_parser("demo", help="generate the sample batch and run every asset for it")
-    p_demo.add_argument("--clips", type=int, default=None,
-                        help="synthetic clips besides the real one (default $AVDAG_DEMO_CLIPS or 100)")
+    p_demo.add_argument(
+        "--clips",
+        type=int,
+        default=None,
+        help="synthetic clips besides the real one (default $AVDAG_DEMO_CLIPS or 100)",
+    )
     p_run = sub.add_parser("run", help="run every asset for a batch already in the landing zone")
     p_run.add_argument("batch")
     p_search = sub.add_parser(
@@ -162,7 +176,7 @@ def _dispatch(argv: list[str] | None) -> int:
         help="find clips in the catalog",
         description="Terms are ANDed: field=value, field~text, field>n, flags (pedestrians, night, interesting, "
         "traffic_light, violation, labelled, unlabelled; prefix - to negate), or free words. "
-        "Example: avdag search weather=\"Light rain\" night -interesting",
+        'Example: avdag search weather="Light rain" night -interesting',
     )
     p_search.add_argument("query", nargs="*")
     p_search.add_argument("--limit", type=int, default=20)

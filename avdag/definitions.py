@@ -9,24 +9,24 @@ model-driven assets' code versions.
 import dagster as dg
 
 from avdag.defs.captioning import captions
-from avdag.defs.ingest import raw_clips, splits
-from avdag.defs.judging import judge_scores
-from avdag.defs.reporting import clip_catalog, score_comparison
-from avdag.defs.training import sft_checkpoint
 from avdag.defs.captioning.checks import baseline_captions_check, finetuned_captions_check
+from avdag.defs.ingest import raw_clips, splits
 from avdag.defs.ingest.checks import no_train_eval_leak, quarantine_counts
 from avdag.defs.ingest.landing_sensor import landing_zone_sensor
+from avdag.defs.judging import judge_scores
 from avdag.defs.judging.batch_api_sensor import batch_api_judge_sensor
 from avdag.defs.judging.checks import baseline_judge_calibration, finetuned_judge_calibration
+from avdag.defs.pipeline.code_versions import code_versions, with_code_versions
 from avdag.defs.pipeline.jobs import batch_pipeline_job
 from avdag.defs.pipeline.schedules import nightly_reprocess
-from avdag.defs.pipeline.code_versions import code_versions, with_code_versions
-from avdag.resources.cosmos_trainer import CosmosRlTrainerResource
+from avdag.defs.reporting import clip_catalog, score_comparison
+from avdag.defs.training import sft_checkpoint
 from avdag.resources.captioner import CaptionerResource
+from avdag.resources.cosmos_trainer import CosmosRlTrainerResource
 from avdag.resources.io_managers import JsonIOManager, ParquetIOManager
-from avdag.resources.remote_captioner import OpenAIVlmCaptionerResource
 from avdag.resources.judge import OfflineJudgeResource, OpenAIJudgeResource
 from avdag.resources.registry import ClipRegistryResource
+from avdag.resources.remote_captioner import OpenAIVlmCaptionerResource
 from avdag.resources.storage import ArtifactStoreResource, LandingZoneResource
 from avdag.resources.trainer import EmbeddedTrainerResource
 from avdag.settings import Settings
@@ -62,9 +62,7 @@ def _captioner(settings: Settings):
 
 def _trainer(settings: Settings):
     if settings.trainer == "cosmos-rl":
-        return CosmosRlTrainerResource(
-            launcher=list(settings.cosmos_rl_launcher), work_dir=settings.cosmos_rl_work_dir
-        )
+        return CosmosRlTrainerResource(launcher=list(settings.cosmos_rl_launcher), work_dir=settings.cosmos_rl_work_dir)
     if settings.sft_steps is not None:
         return EmbeddedTrainerResource(steps=settings.sft_steps)
     return EmbeddedTrainerResource()
@@ -86,14 +84,20 @@ def build_resources(settings: Settings | None = None) -> dict:
 
 
 ASSET_CHECKS = [
-    no_train_eval_leak, quarantine_counts, baseline_captions_check, finetuned_captions_check,
-    baseline_judge_calibration, finetuned_judge_calibration,
+    no_train_eval_leak,
+    quarantine_counts,
+    baseline_captions_check,
+    finetuned_captions_check,
+    baseline_judge_calibration,
+    finetuned_judge_calibration,
 ]
 
 _resources = build_resources()
 defs = dg.Definitions(
     assets=with_code_versions(
-        dg.load_assets_from_modules([raw_clips, splits, captions, sft_checkpoint, judge_scores, score_comparison, clip_catalog]),
+        dg.load_assets_from_modules(
+            [raw_clips, splits, captions, sft_checkpoint, judge_scores, score_comparison, clip_catalog]
+        ),
         code_versions(_resources),
     ),
     asset_checks=ASSET_CHECKS,

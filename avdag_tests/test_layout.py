@@ -59,7 +59,9 @@ def test_only_settings_reads_avdag_and_openai_variables():
     readers = sorted(
         str(path.relative_to(PACKAGE))
         for path in PACKAGE.rglob("*.py")
-        if any(marker in path.read_text(encoding="utf-8") for marker in ('environ.get("AVDAG_', 'environ.get("OPENAI_',
-                                                                          'environ["AVDAG_', 'getenv("AVDAG_'))
+        if any(
+            marker in path.read_text(encoding="utf-8")
+            for marker in ('environ.get("AVDAG_', 'environ.get("OPENAI_', 'environ["AVDAG_', 'getenv("AVDAG_')
+        )
     )
     assert readers == ["settings.py"]

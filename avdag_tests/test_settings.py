@@ -27,16 +27,18 @@ def test_defaults_on_an_empty_environment(tmp_path):
 
 
 def test_values_are_typed():
-    settings = Settings.from_env({
-        "AVDAG_LANDING_URL": "s3://bucket/landing",
-        "AVDAG_SFT_STEPS": "60",
-        "AVDAG_CLIPS_PER_GENERATE": "4",
-        "AVDAG_VLM_BASE_URLS": " http://a:8000/v1 , http://b:8000/v1,",
-        "AVDAG_TRAINER": "cosmos-rl",
-        "AVDAG_COSMOS_RL_LAUNCHER": "cosmos-rl --num-workers 2",
-        "AVDAG_JUDGE_BATCH_API": "yes",
-        "AVDAG_DEMO_CLIPS": "0",
-    })
+    settings = Settings.from_env(
+        {
+            "AVDAG_LANDING_URL": "s3://bucket/landing",
+            "AVDAG_SFT_STEPS": "60",
+            "AVDAG_CLIPS_PER_GENERATE": "4",
+            "AVDAG_VLM_BASE_URLS": " http://a:8000/v1 , http://b:8000/v1,",
+            "AVDAG_TRAINER": "cosmos-rl",
+            "AVDAG_COSMOS_RL_LAUNCHER": "cosmos-rl --num-workers 2",
+            "AVDAG_JUDGE_BATCH_API": "yes",
+            "AVDAG_DEMO_CLIPS": "0",
+        }
+    )
     assert settings.landing_url == "s3://bucket/landing"  # never turned into a local Path
     assert settings.sft_steps == 60 and settings.clips_per_generate == 4
     assert settings.vlm_base_urls == ("http://a:8000/v1", "http://b:8000/v1")
@@ -74,20 +76,32 @@ def test_resources_follow_the_settings(tmp_path):
     assert plain["trainer"].steps == EmbeddedTrainerResource().steps  # the one default
     assert plain["landing_zone"].url == str(Path(tmp_path).resolve() / "landing")
 
-    tuned = build_resources(Settings.from_env({
-        "AVDAG_SFT_STEPS": "7", "AVDAG_CLIPS_PER_GENERATE": "3", "OPENAI_API_KEY": "sk-test",
-        "AVDAG_JUDGE_MODEL": "gpt-5-mini", "AVDAG_JUDGE_BATCH_API": "1",
-    }))
+    tuned = build_resources(
+        Settings.from_env(
+            {
+                "AVDAG_SFT_STEPS": "7",
+                "AVDAG_CLIPS_PER_GENERATE": "3",
+                "OPENAI_API_KEY": "sk-test",
+                "AVDAG_JUDGE_MODEL": "gpt-5-mini",
+                "AVDAG_JUDGE_BATCH_API": "1",
+            }
+        )
+    )
     assert tuned["trainer"].steps == 7
     assert tuned["captioner"].clips_per_generate == 3
     judge = tuned["judge"]
     assert isinstance(judge, OpenAIJudgeResource) and judge.model == "gpt-5-mini" and judge.use_batch_api
     assert isinstance(judge.api_key, dg.EnvVar) or "sk-test" not in repr(judge)  # the key stays an EnvVar
 
-    served = build_resources(Settings.from_env({
-        "AVDAG_VLM_BASE_URLS": "http://127.0.0.1:9/v1", "AVDAG_TRAINER": "cosmos-rl",
-        "AVDAG_COSMOS_RL_LAUNCHER": "torchrun-wrapper cosmos-rl",
-    }))
+    served = build_resources(
+        Settings.from_env(
+            {
+                "AVDAG_VLM_BASE_URLS": "http://127.0.0.1:9/v1",
+                "AVDAG_TRAINER": "cosmos-rl",
+                "AVDAG_COSMOS_RL_LAUNCHER": "torchrun-wrapper cosmos-rl",
+            }
+        )
+    )
     assert isinstance(served["captioner"], OpenAIVlmCaptionerResource)
     assert served["captioner"].base_urls == ["http://127.0.0.1:9/v1"]
     assert isinstance(served["trainer"], CosmosRlTrainerResource)

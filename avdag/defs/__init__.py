@@ -1,1 +1,3 @@
-"""The Dagster layer, one folder per stage (assets with their checks and sensors); `pipeline` holds jobs, schedule, partitions, pools, code versions."""
+"""The Dagster layer, one folder per stage (assets with their checks and sensors).
+
+`pipeline` holds the jobs, schedule, partitions, pools and code versions."""

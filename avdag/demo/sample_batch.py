@@ -7,9 +7,8 @@ from pathlib import Path
 
 from avdag.core.common.atomic import atomic_path
 from avdag.core.ingest.landing import LABEL_SUFFIX, READY_MARKER, VIDEO_SUFFIX
-from avdag.demo.synthetic_clips import generate_sample_batch
-
 from avdag.demo.sample_data import REAL_CLIP_DIR, REAL_CLIP_ID
+from avdag.demo.synthetic_clips import generate_sample_batch
 
 
 def write_sample_batch(landing_root: Path, batch: str, n_synthetic: int, seed: int = 0) -> list[str]:

@@ -24,8 +24,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property
 from fractions import Fraction
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -237,24 +237,33 @@ def _traffic_light_text(scene: SceneSpec, rng: random.Random) -> str:
         return "No traffic light"
     behind_lead = " behind the car in front" if scene.has_lead_vehicle else ""
     if scene.traffic_light == "green":
-        return rng.choice((
-            "The signal ahead is green, so the ego vehicle keeps its speed and drives through the intersection.",
-            "A green light lets the ego vehicle continue straight across the junction without slowing.",
-        ))
+        return rng.choice(
+            (
+                "The signal ahead is green, so the ego vehicle keeps its speed and drives through the intersection.",
+                "A green light lets the ego vehicle continue straight across the junction without slowing.",
+            )
+        )
     if scene.runs_red_light:
-        return rng.choice((
-            "The traffic light is red, yet the ego vehicle keeps going and crosses the intersection without stopping.",
-            "The ego vehicle ignores the red signal and drives over the stop line into the intersection.",
-        ))
+        return rng.choice(
+            (
+                "The traffic light is red, yet the ego vehicle keeps going and crosses the intersection "
+                "without stopping.",
+                "The ego vehicle ignores the red signal and drives over the stop line into the intersection.",
+            )
+        )
     if scene.traffic_light == "red":
-        return rng.choice((
-            f"The traffic light is red; the ego vehicle slows down and stops before the stop line{behind_lead}.",
-            f"A red signal controls the intersection, so the ego vehicle brakes to a full stop{behind_lead}.",
-        ))
-    return rng.choice((
-        f"The signal shows yellow as the ego vehicle approaches, so it brakes and stops at the line{behind_lead}.",
-        f"The light is yellow; rather than pushing through, the ego vehicle slows and halts{behind_lead}.",
-    ))
+        return rng.choice(
+            (
+                f"The traffic light is red; the ego vehicle slows down and stops before the stop line{behind_lead}.",
+                f"A red signal controls the intersection, so the ego vehicle brakes to a full stop{behind_lead}.",
+            )
+        )
+    return rng.choice(
+        (
+            f"The signal shows yellow as the ego vehicle approaches, so it brakes and stops at the line{behind_lead}.",
+            f"The light is yellow; rather than pushing through, the ego vehicle slows and halts{behind_lead}.",
+        )
+    )
 
 
 def _traffic_sign_text(scene: SceneSpec, rng: random.Random) -> str:
@@ -387,10 +396,12 @@ def _events_sentence(scene: SceneSpec, rng: random.Random) -> str:
     if scene.has_pedestrian:
         events.append("a pedestrian walks across the road in front, and the ego waits for them")
     if not events:
-        return rng.choice((
-            "No other road users interact with the ego vehicle.",
-            "The road ahead is empty and the ego simply holds its lane.",
-        ))
+        return rng.choice(
+            (
+                "No other road users interact with the ego vehicle.",
+                "The road ahead is empty and the ego simply holds its lane.",
+            )
+        )
     sentence = "; ".join(events)
     return sentence[0].upper() + sentence[1:] + "."
 
@@ -773,8 +784,14 @@ class _ClipRenderer:
         if self.scene.weather == CLEAR and self.scene.is_night:
             self._add_stars(sky)
         if self.look.sun and self.scene.weather in (CLEAR, PARTLY_CLOUDY):
-            _add_glow(sky, cam.width * self.rng.uniform(0.65, 0.9), cam.horizon_y * 0.25, cam.width * 0.05,
-                      np.array([255.0, 250.0, 220.0], np.float32), 1.0)
+            _add_glow(
+                sky,
+                cam.width * self.rng.uniform(0.65, 0.9),
+                cam.horizon_y * 0.25,
+                cam.width * 0.05,
+                np.array([255.0, 250.0, 220.0], np.float32),
+                1.0,
+            )
         return sky
 
     def _add_clouds(self, sky: np.ndarray) -> None:
@@ -833,8 +850,9 @@ class _ClipRenderer:
         inside = np.minimum(x - (lay.left_edge - 0.5), (lay.right_edge + 0.5) - x)
         edge_snow = np.clip(1.0 - inside / 1.6, 0.0, 1.0) * road
         _lerp_into(albedo, _SNOW, np.maximum(edge_snow, 0.35 * road))
-        tracks = sum((_line_cover(x, c + side, 0.15, mpp) for c in lay.lane_centres for side in (-0.8, 0.8)),
-                     np.zeros_like(x))
+        tracks = sum(
+            (_line_cover(x, c + side, 0.15, mpp) for c in lay.lane_centres for side in (-0.8, 0.8)), np.zeros_like(x)
+        )
         _lerp_into(albedo, np.array(_ASPHALT["wet"], np.float32), 0.3 * np.clip(tracks, 0, 1) * road)
 
     def _crossroad_albedo(self) -> np.ndarray:
@@ -884,7 +902,7 @@ class _ClipRenderer:
         cam = self.camera
         image = np.empty((cam.height, cam.width, 3), np.float32)
         image[: cam.horizon_y] = self.sky
-        image[cam.horizon_y:] = self._ground(travelled)
+        image[cam.horizon_y :] = self._ground(travelled)
         for _, draw in sorted(self._objects(t, travelled), key=lambda item: -item[0]):
             draw(image)
         self._draw_particles(image, index)
@@ -959,8 +977,10 @@ class _ClipRenderer:
     @cached_property
     def _pool_lateral(self) -> np.ndarray:
         """Sideways falloff of the light pools under both rows of streetlamps (lamps overhang the road)."""
-        return sum(np.exp(-0.5 * ((self.x - (x_pole - math.copysign(1.5, x_pole))) / 4.0) ** 2)
-                   for x_pole in self._pole_lines())
+        return sum(
+            np.exp(-0.5 * ((self.x - (x_pole - math.copysign(1.5, x_pole))) / 4.0) ** 2)
+            for x_pole in self._pole_lines()
+        )
 
     def _pole_lines(self) -> tuple[float, ...]:
         lay = self.layout
@@ -1061,8 +1081,14 @@ class _ClipRenderer:
                 _add_glow(image, u_box, lamp_v, 0.32 * box_w, _LAMP_COLOURS[name], 1.6 * strength)
                 _add_glow(image, u_box, lamp_v, 1.1 * box_w, _LAMP_COLOURS[name], 0.45 * strength)
             else:
-                _fill_rect(image, u_box - box_w * 0.2, u_box + box_w * 0.2, lamp_v - box_w * 0.2,
-                           lamp_v + box_w * 0.2, np.array([45.0, 45.0, 45.0], np.float32))
+                _fill_rect(
+                    image,
+                    u_box - box_w * 0.2,
+                    u_box + box_w * 0.2,
+                    lamp_v - box_w * 0.2,
+                    lamp_v + box_w * 0.2,
+                    np.array([45.0, 45.0, 45.0], np.float32),
+                )
 
     def _draw_lead_vehicle(self, image: np.ndarray, depth: float, braking: bool) -> None:
         cam = self.camera
@@ -1080,8 +1106,14 @@ class _ClipRenderer:
         _, v_lamp = cam.project(0.0, 0.8, depth)
         for side in (-1, 1):
             lamp_u = u + side * half * 0.78
-            _fill_rect(image, lamp_u - half * 0.15, lamp_u + half * 0.15, v_lamp - half * 0.08, v_lamp + half * 0.08,
-                       np.array([190.0, 25.0, 25.0], np.float32))
+            _fill_rect(
+                image,
+                lamp_u - half * 0.15,
+                lamp_u + half * 0.15,
+                v_lamp - half * 0.08,
+                v_lamp + half * 0.08,
+                np.array([190.0, 25.0, 25.0], np.float32),
+            )
             if lamp_on:
                 strength = (1.0 if braking else 0.5) * self._emission(depth)
                 _add_glow(image, lamp_u, v_lamp, half * 0.18, _LAMP_COLOURS["red"], strength)
@@ -1276,8 +1308,15 @@ def generate_sample_batch(
             and _video_matches(video_path, _frame_count(duration_s, fps), fps, width, height)
         )
         if not up_to_date:
-            render_clip(scene, video_path, duration_s=duration_s, fps=fps, width=width, height=height,
-                        seed=_render_seed(seed, index))
+            render_clip(
+                scene,
+                video_path,
+                duration_s=duration_s,
+                fps=fps,
+                width=width,
+                height=height,
+                seed=_render_seed(seed, index),
+            )
             _write_label(label, label_path)
         clip_ids.append(clip_id)
     return clip_ids

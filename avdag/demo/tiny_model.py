@@ -12,8 +12,8 @@ the pipeline, not caption quality.
 from __future__ import annotations
 
 import json
-import random
 import os
+import random
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass

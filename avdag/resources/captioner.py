@@ -28,7 +28,8 @@ class CaptionerResource(dg.ConfigurableResource):
     )
     clips_per_generate: int | None = Field(
         default=None,
-        description="Clips per generate call (left-padded); default 8 on a GPU, 1 on a CPU. Does not change greedy answers.",
+        description="Clips per generate call (left-padded); default 8 on a GPU, 1 on a CPU. "
+        "Does not change greedy answers.",
     )
     max_new_tokens: int = Field(default=1024, description="Upper bound; generation stops at the end of the JSON.")
     temperature: float = Field(default=0.0, description="0 = greedy. The recipe samples at 0.1.")
@@ -57,6 +58,10 @@ class CaptionerResource(dg.ConfigurableResource):
         return str(target)
 
     def captioner(self, model_path: str) -> VlmCaptioner:
-        return VlmCaptioner(model_path, device=self.device, devices=self.devices or None,
-                            settings=self.settings(), clips_per_generate=self.clips_per_generate)
-
+        return VlmCaptioner(
+            model_path,
+            device=self.device,
+            devices=self.devices or None,
+            settings=self.settings(),
+            clips_per_generate=self.clips_per_generate,
+        )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Optional
 
 import dagster as dg
 from pydantic import Field
@@ -27,14 +26,20 @@ class CosmosRlTrainerResource(SftTrainerResource):
         default=_DEFAULTS.train_batch_per_replica,
         description="Examples per optimizer step on each data-parallel rank; lower it on out-of-memory.",
     )
-    mini_batch: int = Field(default=_DEFAULTS.mini_batch, description="Examples per forward/backward; divides train_batch_per_replica.")
+    mini_batch: int = Field(
+        default=_DEFAULTS.mini_batch, description="Examples per forward/backward; divides train_batch_per_replica."
+    )
     model_max_length: int = Field(
         default=_DEFAULTS.model_max_length,
         description="Token limit per example (video tokens included); longer train clips fail the run before launch.",
     )
     tp_size: int = Field(default=_DEFAULTS.tp_size, description="Tensor-parallel size.")
-    dp_shard_size: int = Field(default=_DEFAULTS.dp_shard_size, description="FSDP shard size (GPUs per replica with tp 1).")
-    dp_replicate_size: int = Field(default=_DEFAULTS.dp_replicate_size, description="Data-parallel replicas of the sharded model.")
+    dp_shard_size: int = Field(
+        default=_DEFAULTS.dp_shard_size, description="FSDP shard size (GPUs per replica with tp 1)."
+    )
+    dp_replicate_size: int = Field(
+        default=_DEFAULTS.dp_replicate_size, description="Data-parallel replicas of the sharded model."
+    )
     save_freq: int = Field(default=_DEFAULTS.save_freq, description="Checkpoint (and export) every this many steps.")
     max_keep: int = Field(default=_DEFAULTS.max_keep, description="Checkpoints kept in the job folder.")
     enable_validation: bool = Field(
@@ -42,15 +47,19 @@ class CosmosRlTrainerResource(SftTrainerResource):
         description="cosmos-rl's own validation; it takes 10% of the train split, so it is off.",
     )
     wandb: bool = Field(default=_DEFAULTS.wandb, description="Also log to Weights & Biases (needs an API key).")
-    redis_port: int = Field(default=_DEFAULTS.redis_port, description="Port of the redis-server cosmos-rl's controller starts.")
-    dataloader_num_workers: int = Field(default=_DEFAULTS.dataloader_num_workers, description="Video-decoding workers per rank.")
+    redis_port: int = Field(
+        default=_DEFAULTS.redis_port, description="Port of the redis-server cosmos-rl's controller starts."
+    )
+    dataloader_num_workers: int = Field(
+        default=_DEFAULTS.dataloader_num_workers, description="Video-decoding workers per rank."
+    )
     launcher: list[str] = Field(
         default=["cosmos-rl"],
         description="Command that runs cosmos-rl, before '--config job.toml entry.py'; add multi-node flags "
         "(--num-workers, --worker-idx, --url) here.",
     )
     require_redis: bool = Field(default=True, description="Check that redis-server is on PATH before launching.")
-    work_dir: Optional[str] = Field(
+    work_dir: str | None = Field(
         default=None,
         description="Where job folders (TOML, JSONL, cosmos-rl checkpoints, log) go; default: beside the checkpoint.",
     )

@@ -16,7 +16,6 @@ from upath import UPath
 from avdag.core.common.atomic import atomic_path
 from avdag.settings import avdag_home
 
-
 # Input metadata for an unpartitioned asset reading every partition of a partitioned one:
 # always a {partition: value} dict (Dagster returns a bare value when only one partition exists),
 # and partitions not yet materialized are skipped rather than failing the run.

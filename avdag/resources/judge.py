@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import dagster as dg
+import openai
 from pydantic import Field
 
-import openai
-
-from avdag.core.judging.batch_api_ledger import BatchApiLedger
-from avdag.core.judging.verdict_cache import JudgeCache
-from avdag.core.judging.judges import DEFAULT_MAX_IN_FLIGHT, OfflineEmbeddingJudge, OpenAIChatJudge
-from avdag.core.judging.batch_api import BatchApiTracker, OpenAIBatchJudge
-from avdag.settings import avdag_home
 from avdag.core.captioning.prompts import PromptSet
+from avdag.core.judging.batch_api import BatchApiTracker, OpenAIBatchJudge
+from avdag.core.judging.batch_api_ledger import BatchApiLedger
+from avdag.core.judging.judges import DEFAULT_MAX_IN_FLIGHT, OfflineEmbeddingJudge, OpenAIChatJudge
+from avdag.core.judging.verdict_cache import JudgeCache
+from avdag.settings import avdag_home
 
 
 class JudgeResource(dg.ConfigurableResource):
@@ -43,18 +42,24 @@ class OpenAIJudgeResource(JudgeResource):
     base_url: str | None = Field(default=None, description="Default: OpenAI's API.")
     timeout_s: float = Field(default=120.0, description="Per HTTP call; a timeout is retried.")
     max_retries: int = Field(default=4, description="Retries after the first attempt (429, 5xx, timeouts).")
-    max_in_flight: int = Field(default=DEFAULT_MAX_IN_FLIGHT, description="Judge calls in flight at once; lower it for a low rate limit.")
+    max_in_flight: int = Field(
+        default=DEFAULT_MAX_IN_FLIGHT, description="Judge calls in flight at once; lower it for a low rate limit."
+    )
     budget_calls: int | None = Field(default=None, description="Most HTTP calls per scoring run; None: no limit.")
-    cache_path: str | None = Field(default=None, description="SQLite verdict cache; default $AVDAG_HOME/cache/judge.sqlite.")
+    cache_path: str | None = Field(
+        default=None, description="SQLite verdict cache; default $AVDAG_HOME/cache/judge.sqlite."
+    )
     use_batch_api: bool = Field(
         default=False,
         description="Score through the OpenAI Batch API (half the price): a run submits and ends, and the "
-                    "batch_api_judge_sensor requests the scoring run again when the batch has ended.",
+        "batch_api_judge_sensor requests the scoring run again when the batch has ended.",
     )
     batch_dir: str | None = Field(default=None, description="Submission records; default $AVDAG_HOME/judge_batches.")
 
     def build(self, prompts: PromptSet) -> OpenAIChatJudge:
-        return OpenAIChatJudge(**self._endpoint(prompts), max_in_flight=self.max_in_flight, budget_calls=self.budget_calls)
+        return OpenAIChatJudge(
+            **self._endpoint(prompts), max_in_flight=self.max_in_flight, budget_calls=self.budget_calls
+        )
 
     def build_scorer(self, prompts: PromptSet, requested_by: dict[str, str]) -> OpenAIChatJudge | OpenAIBatchJudge:
         if not self.use_batch_api:
@@ -63,8 +68,15 @@ class OpenAIJudgeResource(JudgeResource):
 
     def _endpoint(self, prompts: PromptSet) -> dict:
         """What the live and the batch judge share: the model, where it is served and the judge prompts."""
-        return dict(model=self.model, api_key=self.api_key, base_url=self.base_url, system_prompt=prompts.judge_system,
-                    user_template=prompts.judge_user, timeout_s=self.timeout_s, max_retries=self.max_retries)
+        return dict(
+            model=self.model,
+            api_key=self.api_key,
+            base_url=self.base_url,
+            system_prompt=prompts.judge_system,
+            user_template=prompts.judge_user,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+        )
 
     def cache(self) -> JudgeCache:
         """One store for baseline and fine-tuned scoring, so an unchanged answer is judged once."""
@@ -73,8 +85,9 @@ class OpenAIJudgeResource(JudgeResource):
     def batch_tracker(self) -> BatchApiTracker | None:
         if not self.use_batch_api:
             return None
-        client = openai.OpenAI(api_key=self.api_key, base_url=self.base_url, timeout=self.timeout_s,
-                               max_retries=self.max_retries)
+        client = openai.OpenAI(
+            api_key=self.api_key, base_url=self.base_url, timeout=self.timeout_s, max_retries=self.max_retries
+        )
         return BatchApiTracker(client, self._ledger())
 
     def _ledger(self) -> BatchApiLedger:

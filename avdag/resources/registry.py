@@ -3,8 +3,8 @@
 import dagster as dg
 from pydantic import Field
 
-from avdag.settings import avdag_home
 from avdag.core.ingest.registry import ClipRegistry
+from avdag.settings import avdag_home
 
 
 class ClipRegistryResource(dg.ConfigurableResource):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from avdag.core.common.model_identity import model_fingerprint
 from avdag.core.captioning.remote import OpenAIVlmCaptioner
+from avdag.core.common.model_identity import model_fingerprint
 from avdag.resources.captioner import CaptionerResource
 
 
@@ -22,13 +22,19 @@ class OpenAIVlmCaptionerResource(CaptionerResource):
     base_urls: list[str] = Field(description="Servers serving the base model, e.g. ['http://gpu-node-1:8000/v1'].")
     served_model: str | None = Field(default=None, description="Model name the servers expect; default `model`.")
     api_key: str = Field(default="EMPTY", description="Use dg.EnvVar('AVDAG_VLM_API_KEY') for a real key.")
-    model_revision: str = Field(default="", description="Bump when the served weights change: it is part of each caption's identity.")
-    finetuned_base_urls: list[str] = Field(default_factory=list, description="Servers serving the sft_checkpoint export; empty = caption it locally.")
+    model_revision: str = Field(
+        default="", description="Bump when the served weights change: it is part of each caption's identity."
+    )
+    finetuned_base_urls: list[str] = Field(
+        default_factory=list, description="Servers serving the sft_checkpoint export; empty = caption it locally."
+    )
     finetuned_served_model: str | None = Field(default=None, description="Model name of the served checkpoint.")
     max_in_flight: int = Field(default=8, description="Requests in flight per server.")
     timeout_s: float = 300.0
     max_retries: int = Field(default=2, description="Retries on 429/5xx/timeouts, honouring Retry-After.")
-    video_transport: str = Field(default="frames", description="'frames' (any server) or 'video' (vLLM; as the recipe).")
+    video_transport: str = Field(
+        default="frames", description="'frames' (any server) or 'video' (vLLM; as the recipe)."
+    )
 
     def captioner(self, model_path: str):
         if model_path == self.base_model_path():

@@ -6,8 +6,8 @@ cluster swaps in the cosmos-rl launcher without touching the asset.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import dagster as dg
 from pydantic import Field
@@ -45,7 +45,10 @@ class EmbeddedTrainerResource(SftTrainerResource):
         description="0 trains every weight; >0 trains LoRA adapters of this rank on the language model's attention "
         "and MLP projections (not the vision tower), merged into the exported checkpoint.",
     )
-    lora_alpha: int = Field(default=_DEFAULTS.lora_alpha, description="LoRA scaling numerator: adapters are scaled by lora_alpha / lora_rank.")
+    lora_alpha: int = Field(
+        default=_DEFAULTS.lora_alpha,
+        description="LoRA scaling numerator: adapters are scaled by lora_alpha / lora_rank.",
+    )
     lora_dropout: float = Field(default=_DEFAULTS.lora_dropout, description="Dropout on the LoRA adapters' input.")
     checkpoint_every: int = Field(
         default=50,

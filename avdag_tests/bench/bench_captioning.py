@@ -58,6 +58,7 @@ Everything here runs torch on all cores, so other busy processes slow every row,
 
 Nothing here asserts a timing; numbers are printed (and optionally written as JSON).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,6 +74,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
 from avdag.demo.sample_data import REAL_CLIP
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -111,8 +113,14 @@ class Sizes:
 
 
 FULL = Sizes(real_copies=4, synthetic_clips=12, train_steps=150)
-QUICK = Sizes(real_copies=1, synthetic_clips=3, train_steps=20, decoder_passes=2, recipe_max_new_tokens=512,
-              engine_max_new_tokens=128)
+QUICK = Sizes(
+    real_copies=1,
+    synthetic_clips=3,
+    train_steps=20,
+    decoder_passes=2,
+    recipe_max_new_tokens=512,
+    engine_max_new_tokens=128,
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,9 +174,15 @@ def synthetic_clips(work: Path, n: int) -> list[Clip]:
 
     batch = work / "landing" / "bench"
     ids = generate_sample_batch(work / "landing", "bench", n, seed=0)
-    return [Clip(clip_id, str(batch / "videos" / f"{clip_id}{VIDEO_SUFFIX}"),
-                 json.loads((batch / "metas" / f"{clip_id}{LABEL_SUFFIX}").read_text()), real=False)
-            for clip_id in ids]
+    return [
+        Clip(
+            clip_id,
+            str(batch / "videos" / f"{clip_id}{VIDEO_SUFFIX}"),
+            json.loads((batch / "metas" / f"{clip_id}{LABEL_SUFFIX}").read_text()),
+            real=False,
+        )
+        for clip_id in ids
+    ]
 
 
 def interleave(real: list[Clip], synthetic: list[Clip]) -> list[Clip]:
@@ -189,21 +203,30 @@ def training_examples(clips: Sequence[Clip], prompts) -> list:
     from avdag.core.training.embedded_loop import SftExample
 
     distinct = [c for c in clips if not c.real] + [c for c in clips if c.real][:1]
-    return [SftExample(c.clip_id, c.path, sft_messages(prompts.system_prompt, prompts.user_prompt, c.path, c.label,
-                                                        fps=FPS, max_pixels=MAX_PIXELS))
-            for c in distinct]
+    return [
+        SftExample(
+            c.clip_id,
+            c.path,
+            sft_messages(prompts.system_prompt, prompts.user_prompt, c.path, c.label, fps=FPS, max_pixels=MAX_PIXELS),
+        )
+        for c in distinct
+    ]
 
 
-def fine_tuned_model(work: Path, clips: Sequence[Clip], prompts, sizes: Sizes,
-                     log: Callable[[str], None]) -> dict:
+def fine_tuned_model(work: Path, clips: Sequence[Clip], prompts, sizes: Sizes, log: Callable[[str], None]) -> dict:
     """The tiny model fine-tuned on the clips' labels, cached in the work dir by its run fingerprint."""
     from avdag.core.training.embedded_loop import SftSettings, run_fingerprint, train_sft
     from avdag.resources.captioner import CaptionerResource
 
     base = CaptionerResource().base_model_path()
     examples = training_examples(clips, prompts)
-    settings = SftSettings(steps=sizes.train_steps, batch_size=sizes.train_batch, learning_rate=sizes.learning_rate,
-                           fps=FPS, max_pixels=MAX_PIXELS)
+    settings = SftSettings(
+        steps=sizes.train_steps,
+        batch_size=sizes.train_batch,
+        learning_rate=sizes.learning_rate,
+        fps=FPS,
+        max_pixels=MAX_PIXELS,
+    )
     output = work / "checkpoints" / f"sft-{run_fingerprint(base, settings, examples)}"
     record_path = output / "avdag_training.json"
     cached = record_path.is_file()
@@ -217,9 +240,17 @@ def fine_tuned_model(work: Path, clips: Sequence[Clip], prompts, sizes: Sizes,
         train_sft(base, examples, output, settings, device="cpu", progress=progress)
     record = json.loads(record_path.read_text())
     losses = [loss for _, loss in record["losses"]]
-    return {"path": str(output), "cached": cached, "steps": settings.steps, "batch_size": settings.batch_size,
-            "learning_rate": settings.learning_rate, "examples": len(examples), "train_s": record["seconds"],
-            "first_loss": losses[0], "last_loss": losses[-1]}
+    return {
+        "path": str(output),
+        "cached": cached,
+        "steps": settings.steps,
+        "batch_size": settings.batch_size,
+        "learning_rate": settings.learning_rate,
+        "examples": len(examples),
+        "train_s": record["seconds"],
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -263,10 +294,16 @@ def recipe_frames(path: str) -> tuple:
     factor = 14 * qv.SPATIAL_MERGE_SIZE
     min_pixels = qv.VIDEO_MIN_TOKEN_NUM * factor * factor
     total_pixels = qv.MODEL_SEQ_LEN * factor * factor * 0.9
-    max_pixels = max(min(qv.VIDEO_MAX_TOKEN_NUM * factor * factor, total_pixels / nframes * qv.FRAME_FACTOR),
-                     int(min_pixels * 1.05))
-    height, width = qv.smart_resize(video.shape[2], video.shape[3], factor=factor, min_pixels=min_pixels,
-                                    max_pixels=min(element["max_pixels"], max_pixels))
+    max_pixels = max(
+        min(qv.VIDEO_MAX_TOKEN_NUM * factor * factor, total_pixels / nframes * qv.FRAME_FACTOR), int(min_pixels * 1.05)
+    )
+    height, width = qv.smart_resize(
+        video.shape[2],
+        video.shape[3],
+        factor=factor,
+        min_pixels=min_pixels,
+        max_pixels=min(element["max_pixels"], max_pixels),
+    )
     video = tv_functional.resize(video, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)
     return video.float(), sample_fps, indices.tolist()
 
@@ -275,8 +312,11 @@ def torchcodec_frames(path: str) -> tuple:
     """qwen-vl-utils' `fetch_video`; the torchcodec reader when FORCE_QWENVL_VIDEO_READER=torchcodec."""
     from qwen_vl_utils import fetch_video
 
-    (video, metadata), sample_fps = fetch_video({"type": "video", "video": path, "fps": FPS, "max_pixels": MAX_PIXELS},
-                                                return_video_sample_fps=True, return_video_metadata=True)
+    (video, metadata), sample_fps = fetch_video(
+        {"type": "video", "video": path, "fps": FPS, "max_pixels": MAX_PIXELS},
+        return_video_sample_fps=True,
+        return_video_metadata=True,
+    )
     if metadata["video_backend"] != "torchcodec":
         raise RuntimeError(f"qwen-vl-utils read {path} with {metadata['video_backend']}, not torchcodec")
     return video, sample_fps, [int(i) for i in metadata["frames_indices"]]
@@ -339,17 +379,36 @@ def measure_decoder_here(name: str, clips: Sequence[str], passes: int) -> dict:
             reader(clip)
             per_clip.append(time.perf_counter() - start)
         seconds.append(per_clip)
-    return {"decoder": name, "seconds": seconds, "baseline_rss_kib": baseline,
-            "peak_rss_growth_kib": _status_kib("VmHWM") - baseline}
+    return {
+        "decoder": name,
+        "seconds": seconds,
+        "baseline_rss_kib": baseline,
+        "peak_rss_growth_kib": _status_kib("VmHWM") - baseline,
+    }
 
 
 def measure_decoder(name: str, clips: Sequence[Clip], passes: int, work: Path) -> dict:
     clip_list = work / "decoder_clips.json"
     clip_list.write_text(json.dumps([c.path for c in clips]))
     env = dict(os.environ, FORCE_QWENVL_VIDEO_READER="torchcodec") if name == "qwen_vl_utils_torchcodec" else None
-    done = subprocess.run([sys.executable, "-m", "avdag_tests.bench.bench_captioning", "--decoder-child", name,
-                           "--clip-list", str(clip_list), "--passes", str(passes)],
-                          capture_output=True, text=True, env=env, cwd=REPO_ROOT, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "avdag_tests.bench.bench_captioning",
+            "--decoder-child",
+            name,
+            "--clip-list",
+            str(clip_list),
+            "--passes",
+            str(passes),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        check=False,
+    )
     if done.returncode:
         raise RuntimeError(f"decoder {name} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -360,10 +419,14 @@ def measure_decoder(name: str, clips: Sequence[Clip], passes: int, work: Path) -
         return statistics.fmean(times) if times else None
 
     seconds_per_clip = statistics.fmean(best)
-    return {**result, "seconds_per_clip": seconds_per_clip, "clips_per_s": 1 / seconds_per_clip,
-            "real_seconds_per_clip": mean_of(lambda c: c.real),
-            "synthetic_seconds_per_clip": mean_of(lambda c: not c.real),
-            "peak_rss_growth_mib": result["peak_rss_growth_kib"] / 1024}
+    return {
+        **result,
+        "seconds_per_clip": seconds_per_clip,
+        "clips_per_s": 1 / seconds_per_clip,
+        "real_seconds_per_clip": mean_of(lambda c: c.real),
+        "synthetic_seconds_per_clip": mean_of(lambda c: not c.real),
+        "peak_rss_growth_mib": result["peak_rss_growth_kib"] / 1024,
+    }
 
 
 def frames_agreement(clips: Sequence[str]) -> dict:
@@ -379,10 +442,16 @@ def frames_agreement(clips: Sequence[str]) -> dict:
             if ours.shape == theirs.shape:
                 count["same_shape"] += 1
                 count["diffs"].append(float((ours - theirs).abs().mean()))
-    return {other: {"clips": len(clips), "same_shape": c["same_shape"], "same_indices_and_fps": c["same_indices_and_fps"],
-                    "mean_abs_pixel_diff": statistics.fmean(c["diffs"]) if c["diffs"] else None,
-                    "max_clip_mean_abs_pixel_diff": max(c["diffs"]) if c["diffs"] else None}
-            for other, c in counts.items()}
+    return {
+        other: {
+            "clips": len(clips),
+            "same_shape": c["same_shape"],
+            "same_indices_and_fps": c["same_indices_and_fps"],
+            "mean_abs_pixel_diff": statistics.fmean(c["diffs"]) if c["diffs"] else None,
+            "max_clip_mean_abs_pixel_diff": max(c["diffs"]) if c["diffs"] else None,
+        }
+        for other, c in counts.items()
+    }
 
 
 def bench_decoders(clips: Sequence[Clip], passes: int, work: Path, log: Callable[[str], None]) -> dict:
@@ -393,8 +462,9 @@ def bench_decoders(clips: Sequence[Clip], passes: int, work: Path, log: Callable
     avdag = rows["avdag_sample_frames"]
     for row in rows.values():
         row["time_vs_avdag"] = row["seconds_per_clip"] / avdag["seconds_per_clip"]
-        row["memory_vs_avdag"] = (row["peak_rss_growth_kib"] / avdag["peak_rss_growth_kib"]
-                                  if avdag["peak_rss_growth_kib"] > 0 else None)
+        row["memory_vs_avdag"] = (
+            row["peak_rss_growth_kib"] / avdag["peak_rss_growth_kib"] if avdag["peak_rss_growth_kib"] > 0 else None
+        )
     log("frame sampling: comparing frames ...")
     return {"clips": len(clips), "passes": passes, "rows": rows, "agreement": frames_agreement([c.path for c in clips])}
 
@@ -427,8 +497,16 @@ def answer_quality(replies: Sequence[Reply], cap: int) -> dict:
 
 def loop_row(name: str, replies: Sequence[Reply], wall_s: float, cap: int, **extra) -> dict:
     quality = answer_quality(replies, cap)
-    return {"loop": name, "clips": len(replies), "wall_s": wall_s, "clips_per_s": len(replies) / wall_s,
-            "tokens_per_s": quality["new_tokens"] / wall_s, "max_new_tokens": cap, **quality, **extra}
+    return {
+        "loop": name,
+        "clips": len(replies),
+        "wall_s": wall_s,
+        "clips_per_s": len(replies) / wall_s,
+        "tokens_per_s": quality["new_tokens"] / wall_s,
+        "max_new_tokens": cap,
+        **quality,
+        **extra,
+    }
 
 
 def recipe_caption(model, processor, path: str, prompts, max_new_tokens: int) -> tuple[Reply, float]:
@@ -440,10 +518,13 @@ def recipe_caption(model, processor, path: str, prompts, max_new_tokens: int) ->
     start = time.perf_counter()
     video, _, _ = recipe_frames(path)
     frames_s = time.perf_counter() - start
-    inputs = processor(text=[text_prompt], images=None, videos=[video], padding=True, return_tensors="pt").to(model.device)
-    generated = model.generate(**inputs, max_new_tokens=max_new_tokens, **RECIPE_SAMPLING,
-                               pad_token_id=processor.tokenizer.eos_token_id)
-    new_ids = generated[0, inputs.input_ids.shape[1]:]
+    inputs = processor(text=[text_prompt], images=None, videos=[video], padding=True, return_tensors="pt").to(
+        model.device
+    )
+    generated = model.generate(
+        **inputs, max_new_tokens=max_new_tokens, **RECIPE_SAMPLING, pad_token_id=processor.tokenizer.eos_token_id
+    )
+    new_ids = generated[0, inputs.input_ids.shape[1] :]
     text = processor.batch_decode([new_ids], skip_special_tokens=True, clean_up_tokenization_spaces=False)[0].strip()
     return Reply(text, int(new_ids.numel())), frames_s
 
@@ -466,16 +547,28 @@ def run_recipe_loop(model_path: str, clips: Sequence[str], prompts, max_new_toke
         frames_s += seconds
     wall = time.perf_counter() - start
     stopped_s = [t for t, r in zip(clip_s, replies) if r.new_tokens < max_new_tokens]
-    return loop_row("recipe", replies, wall, max_new_tokens, batch_size=1, frames_s=frames_s, seconds_per_clip=clip_s,
-                    stopped_clips_per_s=len(stopped_s) / sum(stopped_s) if stopped_s else None)
+    return loop_row(
+        "recipe",
+        replies,
+        wall,
+        max_new_tokens,
+        batch_size=1,
+        frames_s=frames_s,
+        seconds_per_clip=clip_s,
+        stopped_clips_per_s=len(stopped_s) / sum(stopped_s) if stopped_s else None,
+    )
 
 
 def run_engine(model_path: str, clips: Sequence[str], prompts, batch_size: int, max_new_tokens: int) -> dict:
     from avdag.core.captioning.engine import VlmCaptioner
     from avdag.core.captioning.model import GenerationSettings
 
-    captioner = VlmCaptioner(model_path, device="cpu", settings=GenerationSettings(max_new_tokens=max_new_tokens),
-                             clips_per_generate=batch_size)
+    captioner = VlmCaptioner(
+        model_path,
+        device="cpu",
+        settings=GenerationSettings(max_new_tokens=max_new_tokens),
+        clips_per_generate=batch_size,
+    )
     captioner.caption(clips[0], prompts.system_prompt, prompts.user_prompt)  # model load + warm-up
     start = time.perf_counter()
     outputs = dict(captioner.caption_stream(list(clips), prompts.system_prompt, prompts.user_prompt))
@@ -514,9 +607,15 @@ def bench_captioning(model_path: str, clips: Sequence[str], prompts, sizes: Size
 def machine_info() -> dict:
     import torch
 
-    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu",
-            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "load_average_start": os.getloadavg()}
+    return {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": "cpu",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "load_average_start": os.getloadavg(),
+    }
 
 
 def run(sizes: Sizes, work: Path, *, log: Callable[[str], None] = lambda m: None) -> dict:
@@ -544,62 +643,89 @@ def _verdict(ratio: float, goal: float) -> str:
 
 def format_captioning(report: dict) -> list[str]:
     cap, clips, sizes = report["captioning"], report["clips"], report["sizes"]
-    lines = [f"captioning, {clips['total']} clips ({clips['real']} real 960x540 + {clips['synthetic']} synthetic 448x252), "
-             "CPU; model load and one warm-up clip excluded",
-             f"  {'':<48}{'clips':>6}{'wall s':>8}{'clips/s':>9}{'tok/s':>7}{'tok/clip':>9}{'at cap':>11}"
-             f"{'whole JSON':>11}{'parsed':>8}{'fields ok':>10}"]
-    labels = {"recipe": "(a) recipe loop: decode-all, sampled, one by one",
-              "engine_batch1": "(b) avdag engine, batch 1 (CPU default)"}
+    lines = [
+        f"captioning, {clips['total']} clips ({clips['real']} real 960x540 + {clips['synthetic']} synthetic 448x252), "
+        "CPU; model load and one warm-up clip excluded",
+        f"  {'':<48}{'clips':>6}{'wall s':>8}{'clips/s':>9}{'tok/s':>7}{'tok/clip':>9}{'at cap':>11}"
+        f"{'whole JSON':>11}{'parsed':>8}{'fields ok':>10}",
+    ]
+    labels = {
+        "recipe": "(a) recipe loop: decode-all, sampled, one by one",
+        "engine_batch1": "(b) avdag engine, batch 1 (CPU default)",
+    }
     for row in cap["rows"]:
         label = labels.get(row["loop"], f"(bN) avdag engine, batch {row['batch_size']} (GPU default 8)")
-        lines.append(f"  {label:<48}{row['clips']:>6}{row['wall_s']:>8.1f}{row['clips_per_s']:>9.3f}"
-                     f"{row['tokens_per_s']:>7.0f}{row['mean_new_tokens']:>9.0f}"
-                     f"{str(row['at_cap']) + ' of ' + str(row['max_new_tokens']):>11}"
-                     f"{str(row['whole_json']) + '/' + str(row['clips']):>11}{str(row['parsed']) + '/' + str(row['clips']):>8}"
-                     f"{row['mean_fields_ok']:>7.1f}/15")
+        lines.append(
+            f"  {label:<48}{row['clips']:>6}{row['wall_s']:>8.1f}{row['clips_per_s']:>9.3f}"
+            f"{row['tokens_per_s']:>7.0f}{row['mean_new_tokens']:>9.0f}"
+            f"{str(row['at_cap']) + ' of ' + str(row['max_new_tokens']):>11}"
+            f"{str(row['whole_json']) + '/' + str(row['clips']):>11}{str(row['parsed']) + '/' + str(row['clips']):>8}"
+            f"{row['mean_fields_ok']:>7.1f}/15"
+        )
     recipe = cap["rows"][0]
     lines += [
         f"  clips/s (b)/(a): {_verdict(cap['ratio_engine_vs_recipe'], GOAL_CLIPS_PER_S)}; "
-        f"(bN)/(a) x{cap['ratio_engine_batchN_vs_recipe']:.2f}; batching on this CPU (bN)/(b) x{cap['ratio_batching']:.2f}",
+        f"(bN)/(a) x{cap['ratio_engine_batchN_vs_recipe']:.2f}; "
+        f"batching on this CPU (bN)/(b) x{cap['ratio_batching']:.2f}",
         f"  recipe loop: reading frames {recipe['frames_s']:.1f} s of {recipe['wall_s']:.1f} s "
         f"({100 * recipe['frames_s'] / recipe['wall_s']:.0f}%); "
         f"{recipe['clips'] - recipe['at_cap']}/{recipe['clips']} replies ended with <|im_end|>",
     ]
     if recipe["at_cap"]:
-        lines.append(f"  NOTE: {recipe['at_cap']} recipe replies ran to the {recipe['max_new_tokens']}-token cap (sampling ran on "
-                     "past the answer), which dominates the recipe's time")
+        lines.append(
+            f"  NOTE: {recipe['at_cap']} recipe replies ran to the {recipe['max_new_tokens']}-token cap "
+            "(sampling ran on past the answer), which dominates the recipe's time"
+        )
         if recipe["stopped_clips_per_s"]:
-            lines.append(f"  without them, the recipe does {recipe['stopped_clips_per_s']:.3f} clips/s: (b)/(a) "
-                         f"{_verdict(cap['ratio_engine_vs_recipe_stopped_only'], GOAL_CLIPS_PER_S)}, "
-                         f"(bN)/(a) x{cap['ratio_engine_batchN_vs_recipe_stopped_only']:.2f}")
-    if sizes["recipe_max_new_tokens"] != RECIPE_MAX_NEW_TOKENS or sizes["engine_max_new_tokens"] != ENGINE_MAX_NEW_TOKENS:
-        lines.append(f"  NOTE: token caps reduced (recipe {sizes['recipe_max_new_tokens']}, engine "
-                     f"{sizes['engine_max_new_tokens']}) and a short fine-tune: a structural run, not the benchmark's ratios")
+            lines.append(
+                f"  without them, the recipe does {recipe['stopped_clips_per_s']:.3f} clips/s: (b)/(a) "
+                f"{_verdict(cap['ratio_engine_vs_recipe_stopped_only'], GOAL_CLIPS_PER_S)}, "
+                f"(bN)/(a) x{cap['ratio_engine_batchN_vs_recipe_stopped_only']:.2f}"
+            )
+    if (
+        sizes["recipe_max_new_tokens"] != RECIPE_MAX_NEW_TOKENS
+        or sizes["engine_max_new_tokens"] != ENGINE_MAX_NEW_TOKENS
+    ):
+        lines.append(
+            f"  NOTE: token caps reduced (recipe {sizes['recipe_max_new_tokens']}, engine "
+            f"{sizes['engine_max_new_tokens']}) and a short fine-tune: a structural run, not the benchmark's ratios"
+        )
     return lines
 
 
 def format_decoders(report: dict) -> list[str]:
     dec = report["decoders"]
-    lines = [f"frame sampling, {dec['clips']} clips at fps {FPS:g}, max_pixels {MAX_PIXELS} "
-             f"(fresh subprocess each; per clip, best of {dec['passes']} passes)",
-             f"  {'':<40}{'s/clip':>8}{'clips/s':>9}{'real s':>8}{'synth s':>9}{'peak RSS +MiB':>15}"
-             f"{'time vs avdag':>15}{'memory vs avdag':>17}"]
+    lines = [
+        f"frame sampling, {dec['clips']} clips at fps {FPS:g}, max_pixels {MAX_PIXELS} "
+        f"(fresh subprocess each; per clip, best of {dec['passes']} passes)",
+        f"  {'':<40}{'s/clip':>8}{'clips/s':>9}{'real s':>8}{'synth s':>9}{'peak RSS +MiB':>15}"
+        f"{'time vs avdag':>15}{'memory vs avdag':>17}",
+    ]
     for name in DECODERS:
         row = dec["rows"][name]
         memory = "n/a" if row["memory_vs_avdag"] is None else f"x{row['memory_vs_avdag']:.1f}"
-        lines.append(f"  {DECODER_LABELS[name]:<40}{row['seconds_per_clip']:>8.3f}{row['clips_per_s']:>9.2f}"
-                     f"{_seconds(row['real_seconds_per_clip']):>8}{_seconds(row['synthetic_seconds_per_clip']):>9}"
-                     f"{row['peak_rss_growth_mib']:>15.0f}{'x' + format(row['time_vs_avdag'], '.2f'):>15}{memory:>17}")
+        lines.append(
+            f"  {DECODER_LABELS[name]:<40}{row['seconds_per_clip']:>8.3f}{row['clips_per_s']:>9.2f}"
+            f"{_seconds(row['real_seconds_per_clip']):>8}{_seconds(row['synthetic_seconds_per_clip']):>9}"
+            f"{row['peak_rss_growth_mib']:>15.0f}{'x' + format(row['time_vs_avdag'], '.2f'):>15}{memory:>17}"
+        )
     recipe, avdag = dec["rows"]["recipe_decode_all"], dec["rows"]["avdag_sample_frames"]
-    by_kind = [f"{kind} clips x{recipe[key] / avdag[key]:.2f}" for kind, key in
-               (("real", "real_seconds_per_clip"), ("synthetic", "synthetic_seconds_per_clip")) if avdag[key]]
-    lines.append(f"  avdag sample_frames vs recipe decode-all, time: {_verdict(recipe['time_vs_avdag'], GOAL_FRAME_SAMPLING)}"
-                 f" ({', '.join(by_kind)})")
+    by_kind = [
+        f"{kind} clips x{recipe[key] / avdag[key]:.2f}"
+        for kind, key in (("real", "real_seconds_per_clip"), ("synthetic", "synthetic_seconds_per_clip"))
+        if avdag[key]
+    ]
+    lines.append(
+        f"  avdag sample_frames vs recipe decode-all, time: {_verdict(recipe['time_vs_avdag'], GOAL_FRAME_SAMPLING)}"
+        f" ({', '.join(by_kind)})"
+    )
     for other, agree in dec["agreement"].items():
         diff = agree["mean_abs_pixel_diff"]
-        lines.append(f"  frames, avdag vs {DECODER_LABELS[other]}: same shape {agree['same_shape']}/{agree['clips']}, "
-                     f"same indices+fps {agree['same_indices_and_fps']}/{agree['clips']}, mean |pixel diff| "
-                     + ("n/a" if diff is None else f"{diff:.3f} (worst clip {agree['max_clip_mean_abs_pixel_diff']:.3f})"))
+        lines.append(
+            f"  frames, avdag vs {DECODER_LABELS[other]}: same shape {agree['same_shape']}/{agree['clips']}, "
+            f"same indices+fps {agree['same_indices_and_fps']}/{agree['clips']}, mean |pixel diff| "
+            + ("n/a" if diff is None else f"{diff:.3f} (worst clip {agree['max_clip_mean_abs_pixel_diff']:.3f})")
+        )
     return lines
 
 
@@ -610,21 +736,30 @@ def _seconds(value: float | None) -> str:
 def format_report(report: dict) -> str:
     model, machine = report["model"], report["machine"]
     lines = format_captioning(report) + [""] + format_decoders(report) + [""]
-    lines.append(f"fine-tune (not part of the comparison): {model['steps']} steps x {model['batch_size']} of "
-                 f"{model['examples']} examples, lr {model['learning_rate']:g}, loss {model['first_loss']:.2f} -> "
-                 f"{model['last_loss']:.2f}, {model['train_s']:.0f} s" + (" (cached, not re-trained)" if model["cached"] else ""))
-    lines.append(f"machine: {machine['cpus']} CPUs, torch threads {machine['torch_threads']}, device {machine['device']}, "
-                 f"torch {machine['torch']}, load average {machine['load_average_start'][0]:.1f} at start, "
-                 f"{machine['load_average_end'][0]:.1f} at end")
+    lines.append(
+        f"fine-tune (not part of the comparison): {model['steps']} steps x {model['batch_size']} of "
+        f"{model['examples']} examples, lr {model['learning_rate']:g}, loss {model['first_loss']:.2f} -> "
+        f"{model['last_loss']:.2f}, {model['train_s']:.0f} s" + (" (cached, not re-trained)" if model["cached"] else "")
+    )
+    lines.append(
+        f"machine: {machine['cpus']} CPUs, torch threads {machine['torch_threads']}, device {machine['device']}, "
+        f"torch {machine['torch']}, load average {machine['load_average_start'][0]:.1f} at start, "
+        f"{machine['load_average_end'][0]:.1f} at end"
+    )
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="4 clips, 20 training steps (answers do not stop), token caps 512/128: a structural run")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="4 clips, 20 training steps (answers do not stop), token caps 512/128: a structural run",
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers as JSON here")
-    parser.add_argument("--work", type=Path, help="work dir to keep and reuse (clips, fine-tuned model); default: a temp dir")
+    parser.add_argument(
+        "--work", type=Path, help="work dir to keep and reuse (clips, fine-tuned model); default: a temp dir"
+    )
     parser.add_argument("--decoder-child", choices=DECODERS, help=argparse.SUPPRESS)
     parser.add_argument("--clip-list", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--passes", type=int, default=1, help=argparse.SUPPRESS)
@@ -645,7 +780,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="avdag-bench-captioning-") as tmp:
             report = run(sizes, Path(tmp), log=log)
     print(format_report(report))
-    print(f"\n(total {report['total_s']:.1f} s, " + ("fine-tune cached)" if report["model"]["cached"] else "fine-tune included)"))
+    print(
+        f"\n(total {report['total_s']:.1f} s, "
+        + ("fine-tune cached)" if report["model"]["cached"] else "fine-tune included)")
+    )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))
     return 0

@@ -50,6 +50,7 @@ from avdag.demo.sample_data import REAL_CLIP
 PLACEHOLDER_BYTES = 64
 NEW_BATCH = "new-00000"  # sorts after every "hist-*" batch
 
+
 def sensor_settings() -> tuple[int, int]:
     """(max launches, re-check width) exactly as the deployed sensor passes them to plan_tick."""
     from avdag.defs.ingest.landing_sensor import MAX_BATCHES_PER_TICK, RECHECK_PER_TICK
@@ -68,10 +69,24 @@ class Sizes:
     probe_repeats: int
 
 
-FULL = Sizes(history_clips=(100, 2_000, 10_000), clips_per_batch=100, new_batch_clips=20, tick_repeats=7,
-             naive_repeats=3, probe_synthetic_clips=20, probe_repeats=3)
-QUICK = Sizes(history_clips=(10, 200, 500), clips_per_batch=10, new_batch_clips=20, tick_repeats=3,
-              naive_repeats=3, probe_synthetic_clips=4, probe_repeats=2)
+FULL = Sizes(
+    history_clips=(100, 2_000, 10_000),
+    clips_per_batch=100,
+    new_batch_clips=20,
+    tick_repeats=7,
+    naive_repeats=3,
+    probe_synthetic_clips=20,
+    probe_repeats=3,
+)
+QUICK = Sizes(
+    history_clips=(10, 200, 500),
+    clips_per_batch=10,
+    new_batch_clips=20,
+    tick_repeats=3,
+    naive_repeats=3,
+    probe_synthetic_clips=4,
+    probe_repeats=2,
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,8 +299,11 @@ class S3Backend:
         self._buckets: list[str] = []
 
     def _storage_options(self) -> dict:
-        return {"client_kwargs": {"endpoint_url": self.endpoint}, "skip_instance_cache": True,
-                "use_listings_cache": False}
+        return {
+            "client_kwargs": {"endpoint_url": self.endpoint},
+            "skip_instance_cache": True,
+            "use_listings_cache": False,
+        }
 
     def _fs(self):
         import s3fs
@@ -342,8 +360,18 @@ def _median_ms(times: Sequence[float]) -> float:
     return statistics.median(times) * 1000
 
 
-def measure_history(backend, history_clips: int, *, clips_per_batch: int, new_batch_clips: int, repeats: int,
-                    max_launches: int, recheck: int, naive_repeats: int = 3, seed: int = 0) -> dict:
+def measure_history(
+    backend,
+    history_clips: int,
+    *,
+    clips_per_batch: int,
+    new_batch_clips: int,
+    repeats: int,
+    max_launches: int,
+    recheck: int,
+    naive_repeats: int = 3,
+    seed: int = 0,
+) -> dict:
     """Cost of one tick that discovers one new batch, given `history_clips` already ingested."""
     url = backend.new_root(f"h{history_clips}")
     objects, history_batches = history_objects(history_clips, clips_per_batch, seed)
@@ -420,20 +448,42 @@ def measure_history(backend, history_clips: int, *, clips_per_batch: int, new_ba
     return row
 
 
-def bench_sensor(backend, history_sizes: Sequence[int], *, clips_per_batch: int, new_batch_clips: int,
-                 repeats: int, naive_repeats: int = 3, max_launches: int | None = None, recheck: int | None = None,
-                 seed: int = 0) -> dict:
+def bench_sensor(
+    backend,
+    history_sizes: Sequence[int],
+    *,
+    clips_per_batch: int,
+    new_batch_clips: int,
+    repeats: int,
+    naive_repeats: int = 3,
+    max_launches: int | None = None,
+    recheck: int | None = None,
+    seed: int = 0,
+) -> dict:
     default_launches, default_recheck = sensor_settings()
     max_launches = default_launches if max_launches is None else max_launches
     recheck = default_recheck if recheck is None else recheck
     rows = [
-        measure_history(backend, h, clips_per_batch=clips_per_batch, new_batch_clips=new_batch_clips,
-                        repeats=repeats, naive_repeats=naive_repeats, max_launches=max_launches, recheck=recheck,
-                        seed=seed)
+        measure_history(
+            backend,
+            h,
+            clips_per_batch=clips_per_batch,
+            new_batch_clips=new_batch_clips,
+            repeats=repeats,
+            naive_repeats=naive_repeats,
+            max_launches=max_launches,
+            recheck=recheck,
+            seed=seed,
+        )
         for h in history_sizes
     ]
-    return {"backend": backend.name, "max_launches": max_launches, "recheck": recheck,
-            "clips_per_batch": clips_per_batch, "rows": rows}
+    return {
+        "backend": backend.name,
+        "max_launches": max_launches,
+        "recheck": recheck,
+        "clips_per_batch": clips_per_batch,
+        "rows": rows,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -471,8 +521,10 @@ def make_probe_clips(root: Path, n_synthetic: int, *, seed: int = 0, include_rea
 def bench_probe(clips: Sequence[Path], repeats: int) -> dict:
     from avdag.core.ingest.video import probe_video
 
-    methods: dict[str, Callable[[Path], object]] = {"avdag_probe_video": probe_video,
-                                                    "naive_full_decode": naive_full_decode_probe}
+    methods: dict[str, Callable[[Path], object]] = {
+        "avdag_probe_video": probe_video,
+        "naive_full_decode": naive_full_decode_probe,
+    }
     for fn in methods.values():  # warm-up: codec init, imports
         fn(clips[0])
     totals: dict[str, list[float]] = {name: [] for name in methods}
@@ -490,19 +542,29 @@ def bench_probe(clips: Sequence[Path], repeats: int) -> dict:
     for clip in clips:
         probed = results["avdag_probe_video"][str(clip)]
         decoded = results["naive_full_decode"][str(clip)]
-        if (probed.num_frames, probed.width, probed.height) != (decoded["num_frames"], decoded["width"], decoded["height"]):
-            disagreements.append({"clip": clip.name, "probe_frames": probed.num_frames,
-                                  "decoded_frames": decoded["num_frames"]})
-    report = {"clips": len(clips), "repeats": repeats, "frame_counts_agree": not disagreements,
-              "disagreements": disagreements}
+        if (probed.num_frames, probed.width, probed.height) != (
+            decoded["num_frames"],
+            decoded["width"],
+            decoded["height"],
+        ):
+            disagreements.append(
+                {"clip": clip.name, "probe_frames": probed.num_frames, "decoded_frames": decoded["num_frames"]}
+            )
+    report = {
+        "clips": len(clips),
+        "repeats": repeats,
+        "frame_counts_agree": not disagreements,
+        "disagreements": disagreements,
+    }
     for name in methods:
         seconds = statistics.median(totals[name])
         report[name] = {"seconds_per_pass": seconds, "clips_per_s": len(clips) / seconds}
         if REAL_CLIP in clips:
             report[name]["real_clip_ms"] = _median_ms(per_clip[name][str(REAL_CLIP)])
     report["speedup"] = report["avdag_probe_video"]["clips_per_s"] / report["naive_full_decode"]["clips_per_s"]
-    report["real_clip_frames"] = (results["naive_full_decode"][str(REAL_CLIP)]["num_frames"]
-                                  if REAL_CLIP in clips else None)
+    report["real_clip_frames"] = (
+        results["naive_full_decode"][str(REAL_CLIP)]["num_frames"] if REAL_CLIP in clips else None
+    )
     return report
 
 
@@ -527,10 +589,19 @@ def add_ratios(sensor: dict) -> dict:
         pairs["last_vs_middle"] = rows[len(rows) // 2]
     ratios = {}
     for pair, base in pairs.items():
-        ratios[pair] = {key: _ratio(last[key], base[key])
-                        for key in ("tick_ms_median", "fs_calls", "objects_inspected", "naive_ms_median",
-                                    "naive_entries", "cursor_bytes", "s3_requests")
-                        if key in last and isinstance(last[key], (int, float))}
+        ratios[pair] = {
+            key: _ratio(last[key], base[key])
+            for key in (
+                "tick_ms_median",
+                "fs_calls",
+                "objects_inspected",
+                "naive_ms_median",
+                "naive_entries",
+                "cursor_bytes",
+                "s3_requests",
+            )
+            if key in last and isinstance(last[key], (int, float))
+        }
     sensor["ratios"] = ratios
     tick_ratio = ratios["last_vs_first"]["tick_ms_median"]
     sensor["within_20_percent_goal"] = tick_ratio is not None and tick_ratio <= 1.2
@@ -548,9 +619,11 @@ def format_report(report: dict) -> str:
         pairs = [("last_vs_first", f"x {sizes[-1]}/{sizes[0]}")]
         if len(sizes) >= 3:
             pairs.append(("last_vs_middle", f"x {sizes[-1]}/{sizes[len(sizes) // 2]}"))
-        lines.append(f"sensor tick, new batch of {rows0[0]['new_batch_clips']} clips".ljust(label_w)
-                     + "".join(f"history={s}".rjust(col_w) for s in sizes)
-                     + "".join(head.rjust(ratio_w) for _, head in pairs))
+        lines.append(
+            f"sensor tick, new batch of {rows0[0]['new_batch_clips']} clips".ljust(label_w)
+            + "".join(f"history={s}".rjust(col_w) for s in sizes)
+            + "".join(head.rjust(ratio_w) for _, head in pairs)
+        )
 
         def add(backend: str, label: str, values: list[str], sensor: dict, ratio_keys: Sequence[str] = ()) -> None:
             line = f"  {backend:<6} {label}".ljust(label_w) + "".join(v.rjust(col_w) for v in values)
@@ -560,27 +633,57 @@ def format_report(report: dict) -> str:
 
         for sensor in sensors:
             b, rows = sensor["backend"], sensor["rows"]
-            add(b, "batches known / re-check window", [f"{r['history_batches']} / {r['recheck_window']}" for r in rows], sensor)
-            add(b, f"avdag tick (ms, median of {len(rows[0]['tick_ms_all'])})",
-                [f"{r['tick_ms_median']:.2f}" for r in rows], sensor, ["tick_ms_median"])
+            add(
+                b,
+                "batches known / re-check window",
+                [f"{r['history_batches']} / {r['recheck_window']}" for r in rows],
+                sensor,
+            )
+            add(
+                b,
+                f"avdag tick (ms, median of {len(rows[0]['tick_ms_all'])})",
+                [f"{r['tick_ms_median']:.2f}" for r in rows],
+                sensor,
+                ["tick_ms_median"],
+            )
             add(b, "fs calls per tick", [str(r["fs_calls"]) for r in rows], sensor, ["fs_calls"])
-            add(b, "  of which on ingested batches", [str(r["fs_calls_by_scope"].get("known", 0)) for r in rows], sensor)
-            add(b, "objects inspected (listed+probed)", [f"{r['entries_listed']}+{r['paths_probed']}" for r in rows],
-                sensor, ["objects_inspected"])
+            add(
+                b, "  of which on ingested batches", [str(r["fs_calls_by_scope"].get("known", 0)) for r in rows], sensor
+            )
+            add(
+                b,
+                "objects inspected (listed+probed)",
+                [f"{r['entries_listed']}+{r['paths_probed']}" for r in rows],
+                sensor,
+                ["objects_inspected"],
+            )
             if "s3_requests" in rows[0]:
                 add(b, "S3 requests per tick", [str(r["s3_requests"]) for r in rows], sensor, ["s3_requests"])
-                add(b, "moto: one LIST, empty prefix (ms)", [f"{r['backend_list_baseline_ms']:.2f}" for r in rows], sensor)
+                add(
+                    b,
+                    "moto: one LIST, empty prefix (ms)",
+                    [f"{r['backend_list_baseline_ms']:.2f}" for r in rows],
+                    sensor,
+                )
             add(b, "cursor size (bytes)", [str(r["cursor_bytes"]) for r in rows], sensor, ["cursor_bytes"])
-            add(b, "naive full listing (ms / entries)",
-                [f"{r['naive_ms_median']:.1f} / {r['naive_entries']}" for r in rows], sensor,
-                ["naive_ms_median", "naive_entries"])
+            add(
+                b,
+                "naive full listing (ms / entries)",
+                [f"{r['naive_ms_median']:.1f} / {r['naive_entries']}" for r in rows],
+                sensor,
+                ["naive_ms_median", "naive_entries"],
+            )
         lines.append("")
         for sensor in sensors:
             ratio = sensor["ratios"]["last_vs_first"]["tick_ms_median"]
             verdict = "met" if sensor["within_20_percent_goal"] else "MISSED"
-            lines.append(f"  issue goal (new-batch tick within 20% regardless of history), {sensor['backend']}: "
-                         f"{_fmt_ratio(ratio)} -> {verdict}")
-        lines.append("  calls per tick, method@scope (root = landing root, new = the new batch, known = ingested batches):")
+            lines.append(
+                f"  issue goal (new-batch tick within 20% regardless of history), {sensor['backend']}: "
+                f"{_fmt_ratio(ratio)} -> {verdict}"
+            )
+        lines.append(
+            "  calls per tick, method@scope (root = landing root, new = the new batch, known = ingested batches):"
+        )
         for sensor in sensors:
             for r in (sensor["rows"][0], sensor["rows"][-1]):
                 calls = ", ".join(f"{k} {v}" for k, v in r["fs_calls_by_method_scope"].items())
@@ -591,30 +694,53 @@ def format_report(report: dict) -> str:
         lines.append("")
     probe = report.get("probe")
     if probe:
-        lines.append(f"ingest probe ({probe['clips']} clips, median of {probe['repeats']} passes)".ljust(label_w)
-                     + "clips/s".rjust(col_w) + "real clip (ms)".rjust(col_w + 2))
+        lines.append(
+            f"ingest probe ({probe['clips']} clips, median of {probe['repeats']} passes)".ljust(label_w)
+            + "clips/s".rjust(col_w)
+            + "real clip (ms)".rjust(col_w + 2)
+        )
         for name, label in (("avdag_probe_video", "avdag probe_video"), ("naive_full_decode", "naive full decode")):
             real = probe[name].get("real_clip_ms")
-            lines.append(f"  {label}".ljust(label_w) + f"{probe[name]['clips_per_s']:.1f}".rjust(col_w)
-                         + (f"{real:.1f}" if real is not None else "-").rjust(col_w + 2))
-        lines.append(f"  speedup x{probe['speedup']:.1f} (clips/s); frame counts agree: {probe['frame_counts_agree']}"
-                     + (f"; real clip: {probe['real_clip_frames']} frames" if probe.get("real_clip_frames") else ""))
+            lines.append(
+                f"  {label}".ljust(label_w)
+                + f"{probe[name]['clips_per_s']:.1f}".rjust(col_w)
+                + (f"{real:.1f}" if real is not None else "-").rjust(col_w + 2)
+            )
+        lines.append(
+            f"  speedup x{probe['speedup']:.1f} (clips/s); frame counts agree: {probe['frame_counts_agree']}"
+            + (f"; real clip: {probe['real_clip_frames']} frames" if probe.get("real_clip_frames") else "")
+        )
     return "\n".join(lines)
 
 
-def run(sizes: Sizes, *, seed: int = 0, backends: Sequence[str] = ("local", "s3"), probe: bool = True,
-        log: Callable[[str], None] = lambda m: None) -> dict:
+def run(
+    sizes: Sizes,
+    *,
+    seed: int = 0,
+    backends: Sequence[str] = ("local", "s3"),
+    probe: bool = True,
+    log: Callable[[str], None] = lambda m: None,
+) -> dict:
     started = time.perf_counter()
-    report: dict = {"sizes": sizes.__dict__ | {"history_clips": list(sizes.history_clips)}, "seed": seed,
-                    "sensor": [], "environment": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                                                  "platform": platform.platform()}}
+    report: dict = {
+        "sizes": sizes.__dict__ | {"history_clips": list(sizes.history_clips)},
+        "seed": seed,
+        "sensor": [],
+        "environment": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+    }
     for name in backends:
         log(f"sensor tick on {name} ...")
         backend = LocalBackend() if name == "local" else S3Backend()
         try:
-            sensor = bench_sensor(backend, sizes.history_clips, clips_per_batch=sizes.clips_per_batch,
-                                  new_batch_clips=sizes.new_batch_clips, repeats=sizes.tick_repeats,
-                                  naive_repeats=sizes.naive_repeats, seed=seed)
+            sensor = bench_sensor(
+                backend,
+                sizes.history_clips,
+                clips_per_batch=sizes.clips_per_batch,
+                new_batch_clips=sizes.new_batch_clips,
+                repeats=sizes.tick_repeats,
+                naive_repeats=sizes.naive_repeats,
+                seed=seed,
+            )
         finally:
             backend.close()
         report["sensor"].append(add_ratios(sensor))
@@ -629,14 +755,21 @@ def run(sizes: Sizes, *, seed: int = 0, backends: Sequence[str] = ("local", "s3"
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="history 10/200/500 clips, 5 synthetic probe clips (< 20 s)")
+    parser.add_argument(
+        "--quick", action="store_true", help="history 10/200/500 clips, 5 synthetic probe clips (< 20 s)"
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers as JSON here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", choices=("local", "s3"), action="append", help="default: both")
     parser.add_argument("--no-probe", action="store_true")
     args = parser.parse_args(argv)
-    report = run(QUICK if args.quick else FULL, seed=args.seed, backends=args.backend or ("local", "s3"),
-                 probe=not args.no_probe, log=lambda m: print(m, file=sys.stderr, flush=True))
+    report = run(
+        QUICK if args.quick else FULL,
+        seed=args.seed,
+        backends=args.backend or ("local", "s3"),
+        probe=not args.no_probe,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
     print(format_report(report))
     print(f"\n(total {report['total_s']:.1f} s)")
     if args.json:

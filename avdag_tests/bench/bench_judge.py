@@ -35,10 +35,10 @@ from pathlib import Path
 
 import openai
 
+from avdag.core.judging.items import JudgeItem, format_judge_prompt, parse_judge_score
+from avdag.core.judging.judges import DEFAULT_MAX_IN_FLIGHT, OpenAIChatJudge
 from avdag.core.judging.score_captions import judge_items, spend_of
 from avdag.core.judging.verdict_cache import JudgeCache
-from avdag.core.judging.judges import DEFAULT_MAX_IN_FLIGHT, OpenAIChatJudge
-from avdag.core.judging.items import JudgeItem, format_judge_prompt, parse_judge_score
 from avdag_tests.support.openai_stub_server import OpenAIStubServer, StubReply
 
 SYSTEM_PROMPT = "You are a helpful assistant who has been tasked with evaluating the reponses."
@@ -63,13 +63,16 @@ def synthetic_items(clips: int) -> list[JudgeItem]:
     """15 questions per clip, every answer unique to its clip."""
     return [
         JudgeItem(f"field_{q}", f"Question {q}?", f"human answer {q} for clip {c}", f"model answer {q} for clip {c}")
-        for c in range(clips) for q in range(QUESTIONS_PER_CLIP)
+        for c in range(clips)
+        for q in range(QUESTIONS_PER_CLIP)
     ]
 
 
 def _reply(request: dict, latency_s: float) -> StubReply:
-    return StubReply(content=f"The answers agree. <answer>{len(request['messages'][1]['content']) % 5 + 1}</answer>",
-                     delay_s=latency_s)
+    return StubReply(
+        content=f"The answers agree. <answer>{len(request['messages'][1]['content']) % 5 + 1}</answer>",
+        delay_s=latency_s,
+    )
 
 
 def bench_recipe(server: OpenAIStubServer, items: list[JudgeItem]) -> dict:
@@ -80,26 +83,47 @@ def bench_recipe(server: OpenAIStubServer, items: list[JudgeItem]) -> dict:
     for item in items:
         prompt = format_judge_prompt(USER_TEMPLATE, item.question, item.human_answer, item.model_answer)
         response = client.chat.completions.create(
-            model="gpt-5", messages=[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}])
+            model="gpt-5", messages=[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
+        )
         scores.append(parse_judge_score(response.choices[0].message.content))
         time.sleep(RECIPE_SLEEP_S)
     seconds = time.perf_counter() - started
-    return {"loop": "recipe", "items": len(items), "calls": len(items), "seconds": seconds,
-            "calls_per_s": len(items) / seconds, "scored": sum(s is not None for s in scores)}
+    return {
+        "loop": "recipe",
+        "items": len(items),
+        "calls": len(items),
+        "seconds": seconds,
+        "calls_per_s": len(items) / seconds,
+        "scored": sum(s is not None for s in scores),
+    }
 
 
-def bench_avdag(server: OpenAIStubServer, items: list[JudgeItem], cache: JudgeCache, max_in_flight: int,
-                loop: str) -> dict:
+def bench_avdag(
+    server: OpenAIStubServer, items: list[JudgeItem], cache: JudgeCache, max_in_flight: int, loop: str
+) -> dict:
     """(b)/(c)/(b2) `judge_items` over all items: cache lookup, concurrent judge calls for misses, store."""
-    judge = OpenAIChatJudge(api_key="sk-bench", base_url=server.base_url, system_prompt=SYSTEM_PROMPT,
-                            user_template=USER_TEMPLATE, max_in_flight=max_in_flight)
+    judge = OpenAIChatJudge(
+        api_key="sk-bench",
+        base_url=server.base_url,
+        system_prompt=SYSTEM_PROMPT,
+        user_template=USER_TEMPLATE,
+        max_in_flight=max_in_flight,
+    )
     requests_before = len(server.requests)
     started = time.perf_counter()
     spend = spend_of(judge_items(judge, items, cache))
     seconds = time.perf_counter() - started
-    return {"loop": loop, "max_in_flight": max_in_flight, "items": len(items), "calls": spend.calls,
-            "server_requests": len(server.requests) - requests_before, "cache_hits": spend.cache_hits,
-            "failures": spend.failures, "seconds": seconds, "calls_per_s": spend.calls / seconds}
+    return {
+        "loop": loop,
+        "max_in_flight": max_in_flight,
+        "items": len(items),
+        "calls": spend.calls,
+        "server_requests": len(server.requests) - requests_before,
+        "cache_hits": spend.cache_hits,
+        "failures": spend.failures,
+        "seconds": seconds,
+        "calls_per_s": spend.calls / seconds,
+    }
 
 
 def run(sizes: Sizes, work: Path) -> dict:
@@ -108,13 +132,18 @@ def run(sizes: Sizes, work: Path) -> dict:
         recipe = bench_recipe(server, items[: sizes.recipe_calls])
         default_cache = JudgeCache(work / "default" / "judge.sqlite")
         default = bench_avdag(server, items, default_cache, DEFAULT_MAX_IN_FLIGHT, "avdag_default")
-        narrow = bench_avdag(server, items, JudgeCache(work / "narrow" / "judge.sqlite"), NARROW_IN_FLIGHT, "avdag_narrow")
+        narrow = bench_avdag(
+            server, items, JudgeCache(work / "narrow" / "judge.sqlite"), NARROW_IN_FLIGHT, "avdag_narrow"
+        )
         rerun = bench_avdag(server, items, default_cache, DEFAULT_MAX_IN_FLIGHT, "avdag_rerun")
         peak = server.max_concurrent_requests
     return {
         "machine": f"{platform.machine()} {platform.processor() or ''} python {platform.python_version()}".strip(),
-        "latency_s": sizes.latency_s, "clips": sizes.clips, "items": len(items),
-        "rows": [recipe, default, narrow, rerun], "server_peak_in_flight": peak,
+        "latency_s": sizes.latency_s,
+        "clips": sizes.clips,
+        "items": len(items),
+        "rows": [recipe, default, narrow, rerun],
+        "server_peak_in_flight": peak,
         "ratio_default_vs_recipe": default["calls_per_s"] / recipe["calls_per_s"],
         "ratio_narrow_vs_recipe": narrow["calls_per_s"] / recipe["calls_per_s"],
     }
@@ -128,10 +157,14 @@ def format_report(report: dict) -> str:
         f"(a) recipe loop (first {recipe['items']} items, +{RECIPE_SLEEP_S}s sleep): "
         f"{recipe['calls_per_s']:.2f} calls/s ({recipe['seconds']:.1f} s)",
     ]
-    for label, row in ((f"(b) avdag, {DEFAULT_MAX_IN_FLIGHT} in flight (default)", default),
-                       (f"(c) avdag, {NARROW_IN_FLIGHT} in flight", narrow)):
-        lines.append(f"{label}: {row['calls']} calls in {row['seconds']:.1f} s = {row['calls_per_s']:.1f} calls/s, "
-                     f"{row['failures']} failures")
+    for label, row in (
+        (f"(b) avdag, {DEFAULT_MAX_IN_FLIGHT} in flight (default)", default),
+        (f"(c) avdag, {NARROW_IN_FLIGHT} in flight", narrow),
+    ):
+        lines.append(
+            f"{label}: {row['calls']} calls in {row['seconds']:.1f} s = {row['calls_per_s']:.1f} calls/s, "
+            f"{row['failures']} failures"
+        )
     lines += [
         f"calls/s (b)/(a): x{report['ratio_default_vs_recipe']:.1f} (goal >= 50x)",
         f"calls/s (c)/(a): x{report['ratio_narrow_vs_recipe']:.1f} ({NARROW_IN_FLIGHT} in flight cap it at "

@@ -17,8 +17,16 @@ NEW_CLIPS = 3
 
 def _sensor(backend):
     try:
-        sensor = bench.bench_sensor(backend, HISTORY, clips_per_batch=1, new_batch_clips=NEW_CLIPS, repeats=2,
-                                    naive_repeats=1, max_launches=5, recheck=RECHECK)
+        sensor = bench.bench_sensor(
+            backend,
+            HISTORY,
+            clips_per_batch=1,
+            new_batch_clips=NEW_CLIPS,
+            repeats=2,
+            naive_repeats=1,
+            max_launches=5,
+            recheck=RECHECK,
+        )
     finally:
         backend.close()
     return bench.add_ratios(sensor)
@@ -79,11 +87,24 @@ def test_clip_history_inside_a_batch_costs_nothing(backend, tmp_path):
         pytest.importorskip("moto.server")
     store = bench.LocalBackend() if backend == "local" else bench.S3Backend()
     try:
-        rows = [bench.measure_history(store, clips, clips_per_batch=clips, new_batch_clips=NEW_CLIPS, repeats=1,
-                                      naive_repeats=1, max_launches=5, recheck=RECHECK) for clips in HISTORY]
+        rows = [
+            bench.measure_history(
+                store,
+                clips,
+                clips_per_batch=clips,
+                new_batch_clips=NEW_CLIPS,
+                repeats=1,
+                naive_repeats=1,
+                max_launches=5,
+                recheck=RECHECK,
+            )
+            for clips in HISTORY
+        ]
     finally:
         store.close()
-    keys = ("fs_calls_by_method_scope", "entries_listed", "paths_probed") + (("s3_requests",) if backend == "s3" else ())
+    keys = ("fs_calls_by_method_scope", "entries_listed", "paths_probed") + (
+        ("s3_requests",) if backend == "s3" else ()
+    )
     assert [rows[0][k] for k in keys] == [rows[1][k] for k in keys]
 
 
@@ -119,8 +140,17 @@ def test_probe_report(probe):
 def test_formatted_report_and_json(sensors, probe):
     report = {"sensor": [sensors["local"], sensors["s3"]], "probe": probe}
     text = bench.format_report(report)
-    for needle in ("history=5", "history=20", "local  avdag tick", "s3     avdag tick", "S3 requests per tick",
-                   "naive full listing", "avdag probe_video", "naive full decode", "speedup x"):
+    for needle in (
+        "history=5",
+        "history=20",
+        "local  avdag tick",
+        "s3     avdag tick",
+        "S3 requests per tick",
+        "naive full listing",
+        "avdag probe_video",
+        "naive full decode",
+        "speedup x",
+    ):
         assert needle in text
     assert json.loads(json.dumps(report, default=str))["sensor"][1]["backend"] == "s3"
 
@@ -130,13 +160,30 @@ def test_captioning_bench_tiny_run(tmp_path):
     """The captioning benchmark end to end on 2 clips, a 2-step fine-tune and 16-token caps: structure only."""
     from avdag_tests.bench import bench_captioning as captioning
 
-    sizes = captioning.Sizes(real_copies=1, synthetic_clips=1, train_steps=2, decoder_passes=1,
-                             recipe_max_new_tokens=16, engine_max_new_tokens=16, engine_batch=2)
+    sizes = captioning.Sizes(
+        real_copies=1,
+        synthetic_clips=1,
+        train_steps=2,
+        decoder_passes=1,
+        recipe_max_new_tokens=16,
+        engine_max_new_tokens=16,
+        engine_batch=2,
+    )
     report = captioning.run(sizes, tmp_path)
     text = captioning.format_report(report)
-    for needle in ("(a) recipe loop", "(b) avdag engine, batch 1 (CPU default)", "(bN) avdag engine, batch 2", "clips/s (b)/(a): x",
-                   "goal >= 4x", "recipe: decode all", "qwen-vl-utils torchcodec reader", "avdag sample_frames",
-                   "goal >= 2x", "fine-tune (not part of the comparison): 2 steps", "machine:"):
+    for needle in (
+        "(a) recipe loop",
+        "(b) avdag engine, batch 1 (CPU default)",
+        "(bN) avdag engine, batch 2",
+        "clips/s (b)/(a): x",
+        "goal >= 4x",
+        "recipe: decode all",
+        "qwen-vl-utils torchcodec reader",
+        "avdag sample_frames",
+        "goal >= 2x",
+        "fine-tune (not part of the comparison): 2 steps",
+        "machine:",
+    ):
         assert needle in text
     rows = report["captioning"]["rows"]
     assert [r["loop"] for r in rows] == ["recipe", "engine_batch1", "engine_batch2"]
@@ -158,13 +205,23 @@ def test_judge_bench_tiny_run(tmp_path):
 
     report = judge_bench.run(judge_bench.Sizes(clips=2, recipe_calls=3, latency_s=0.01), tmp_path)
     text = judge_bench.format_report(report)
-    for needle in ("(a) recipe loop (first 3 items", "(b) avdag, 64 in flight (default)", "(c) avdag, 16 in flight",
-                   "calls/s (b)/(a): x", "goal >= 50x", "(b2) re-run over the same items: 0 calls", "machine:"):
+    for needle in (
+        "(a) recipe loop (first 3 items",
+        "(b) avdag, 64 in flight (default)",
+        "(c) avdag, 16 in flight",
+        "calls/s (b)/(a): x",
+        "goal >= 50x",
+        "(b2) re-run over the same items: 0 calls",
+        "machine:",
+    ):
         assert needle in text
     recipe, default, narrow, rerun = report["rows"]
     assert recipe["items"] == recipe["calls"] == recipe["scored"] == 3
     for row in (default, narrow):
         assert row["items"] == row["calls"] == row["server_requests"] == 30 and row["failures"] == 0
     assert rerun["calls"] == rerun["server_requests"] == 0 and rerun["cache_hits"] == 30
-    assert report["ratio_default_vs_recipe"] > 0 and 1 < report["server_peak_in_flight"] <= judge_bench.DEFAULT_MAX_IN_FLIGHT
+    assert (
+        report["ratio_default_vs_recipe"] > 0
+        and 1 < report["server_peak_in_flight"] <= judge_bench.DEFAULT_MAX_IN_FLIGHT
+    )
     assert json.loads(json.dumps(report))["items"] == 30

@@ -4,9 +4,9 @@ import shutil
 
 import dagster as dg
 
-from avdag.defs.pipeline.code_versions import code_versions, with_code_versions
 from avdag.core.captioning.prompts import PROJECT_PROMPTS_DIR
 from avdag.definitions import build_resources, defs
+from avdag.defs.pipeline.code_versions import code_versions, with_code_versions
 from avdag.resources.captioner import CaptionerResource
 from avdag.resources.judge import OpenAIJudgeResource
 
@@ -49,4 +49,5 @@ def test_definitions_carry_the_versions():
     assert graph.get(dg.AssetKey("raw_clips")).code_version is None
     tagged = with_code_versions(list(defs.assets), {"clip_splits": "v-test"})
     assert {a.key.to_user_string(): a.code_versions_by_key for a in tagged if a.keys == {dg.AssetKey("clip_splits")}}[
-        "clip_splits"][dg.AssetKey("clip_splits")] == "v-test"
+        "clip_splits"
+    ][dg.AssetKey("clip_splits")] == "v-test"

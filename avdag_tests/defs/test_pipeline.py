@@ -2,16 +2,17 @@
 a broken video and a malformed label) into a Dagster instance, then check what landed."""
 
 import json
+
 import dagster as dg
 import pandas as pd
 import pytest
 from safetensors import safe_open
 
-from avdag.defs.pipeline.partitions import clip_batches
 from avdag.core.ingest.splits import split_for
 from avdag.definitions import defs
-from avdag.resources.registry import ClipRegistryResource
+from avdag.defs.pipeline.partitions import clip_batches
 from avdag.demo.sample_batch import REAL_CLIP_ID, write_sample_batch
+from avdag.resources.registry import ClipRegistryResource
 from avdag_tests.support.media import unique_copy
 from avdag_tests.support.pipeline_helpers import ALL_ASSETS, EVAL_FRACTION, small_resources, small_run_config
 
@@ -28,7 +29,9 @@ def landing(tmp_path_factory):
     root = tmp_path_factory.mktemp("landing")
     ids = write_sample_batch(root, BATCH, n_synthetic=5, seed=0)
     batch_dir = root / BATCH
-    (batch_dir / "videos" / "broken.camera_front_wide_120fov.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
+    (batch_dir / "videos" / "broken.camera_front_wide_120fov.mp4").write_bytes(
+        b"\x00\x00\x00\x18ftypmp42 not really a video"
+    )
     source = (batch_dir / "videos" / f"{ids[0]}.camera_front_wide_120fov.mp4").read_bytes()
     (batch_dir / "videos" / "badlabel.camera_front_wide_120fov.mp4").write_bytes(unique_copy(source, "badlabel"))
     (batch_dir / "metas" / "badlabel.label.json").write_text('{"weather": "Sunny-ish", ')
@@ -46,8 +49,14 @@ def instance():
 def pipeline_run(landing, tiny_model_path, instance):
     root, ids = landing
     instance.add_dynamic_partitions(clip_batches.name, [BATCH])
-    result = dg.materialize(ALL_ASSETS, partition_key=BATCH, resources=_resources(root), instance=instance,
-                            run_config=small_run_config(), raise_on_error=True)
+    result = dg.materialize(
+        ALL_ASSETS,
+        partition_key=BATCH,
+        resources=_resources(root),
+        instance=instance,
+        run_config=small_run_config(),
+        raise_on_error=True,
+    )
     return result, instance, ids
 
 
@@ -56,16 +65,30 @@ def test_every_asset_materialized(pipeline_run):
     assert result.success
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert materialized == {
-        "raw_clips", "clip_quarantine", "clip_splits", "split_manifest", "baseline_captions", "sft_checkpoint",
-        "finetuned_captions", "baseline_judge_scores", "finetuned_judge_scores", "score_comparison", "clip_catalog",
+        "raw_clips",
+        "clip_quarantine",
+        "clip_splits",
+        "split_manifest",
+        "baseline_captions",
+        "sft_checkpoint",
+        "finetuned_captions",
+        "baseline_judge_scores",
+        "finetuned_judge_scores",
+        "score_comparison",
+        "clip_catalog",
     }
     checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
     assert set(checks) == {
-        ("baseline_captions", "captions_parse_with_all_fields"), ("finetuned_captions", "captions_parse_with_all_fields"),
-        ("split_manifest", "no_train_eval_leak"), ("clip_quarantine", "quarantine_counts"),
-        ("baseline_judge_scores", "judge_calibration"), ("finetuned_judge_scores", "judge_calibration"),
+        ("baseline_captions", "captions_parse_with_all_fields"),
+        ("finetuned_captions", "captions_parse_with_all_fields"),
+        ("split_manifest", "no_train_eval_leak"),
+        ("clip_quarantine", "quarantine_counts"),
+        ("baseline_judge_scores", "judge_calibration"),
+        ("finetuned_judge_scores", "judge_calibration"),
     }
-    assert checks[("baseline_judge_scores", "judge_calibration")] is True, "the offline judge separates right from wrong"
+    assert checks[("baseline_judge_scores", "judge_calibration")] is True, (
+        "the offline judge separates right from wrong"
+    )
     assert checks[("split_manifest", "no_train_eval_leak")] is True
 
 
@@ -130,7 +153,16 @@ def test_scores_carry_lineage_for_every_eval_clip_and_question(pipeline_run):
         scores = result.output_for_node(f"{source}_judge_scores")
         assert set(scores["clip_id"]) == eval_ids
         assert len(scores) == 15 * len(eval_ids)
-        for column in ("clip_sha256", "batch", "source_url", "model_hash", "caption_prompt_hash", "judge_id", "judge_prompt_hash", "caption_key"):
+        for column in (
+            "clip_sha256",
+            "batch",
+            "source_url",
+            "model_hash",
+            "caption_prompt_hash",
+            "judge_id",
+            "judge_prompt_hash",
+            "caption_key",
+        ):
             assert scores[column].notna().all(), column
         assert set(scores["caption_source"]) == {source}
         assert scores["judge_id"].iloc[0].startswith("offline:")
@@ -187,14 +219,24 @@ def test_comparison_report_written_as_png_and_json(pipeline_run, avdag_home):
 def test_rerun_reuses_captions_and_checkpoint(pipeline_run, landing):
     result, instance, _ = pipeline_run
     root, _ = landing
-    again = dg.materialize(list(defs.assets), selection=["baseline_captions", "sft_checkpoint"], partition_key=BATCH,
-                           resources=_resources(root), instance=instance)
+    again = dg.materialize(
+        list(defs.assets),
+        selection=["baseline_captions", "sft_checkpoint"],
+        partition_key=BATCH,
+        resources=_resources(root),
+        instance=instance,
+    )
     frame = again.output_for_node("baseline_captions")
     assert frame["cached"].all()
-    metadata = {e.asset_key.to_user_string(): e.materialization.metadata for e in again.get_asset_materialization_events()}
+    metadata = {
+        e.asset_key.to_user_string(): e.materialization.metadata for e in again.get_asset_materialization_events()
+    }
     assert metadata["baseline_captions"]["computed_now"].value == 0
     assert metadata["sft_checkpoint"]["status"].value == "cached"
-    assert again.output_for_node("sft_checkpoint")["weights_hash"] == result.output_for_node("sft_checkpoint")["weights_hash"]
+    assert (
+        again.output_for_node("sft_checkpoint")["weights_hash"]
+        == result.output_for_node("sft_checkpoint")["weights_hash"]
+    )
 
 
 def test_catalog_answers_searches_over_the_batch(pipeline_run, avdag_home):
@@ -204,7 +246,10 @@ def test_catalog_answers_searches_over_the_batch(pipeline_run, avdag_home):
     db = avdag_home / "catalog.duckdb"
     everything = search(db, "", limit=None)
     assert set(everything["clip_id"]) == set(ids) | {"badlabel"}
-    labels = {c: json.loads(l) for c, l in result.output_for_node("raw_clips", "raw_clips")[["clip_id", "label_json"]].dropna().values}
+    labels = {
+        c: json.loads(label)
+        for c, label in result.output_for_node("raw_clips", "raw_clips")[["clip_id", "label_json"]].dropna().values
+    }
     weather = labels[REAL_CLIP_ID]["weather"]
     expected = {c for c, label in labels.items() if label["weather"] == weather}
     assert set(search(db, f'weather="{weather}"', limit=None)["clip_id"]) == expected

@@ -1,12 +1,12 @@
 """The nightly schedule asks for exactly the batches whose captions are missing or stale."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 
+from avdag.core.ingest.staleness import batches_to_reprocess
 from avdag.defs.pipeline.partitions import clip_batches
 from avdag.defs.pipeline.schedules import nightly_reprocess
-from avdag.core.ingest.staleness import batches_to_reprocess
 
 
 def test_staleness_rules():
@@ -36,15 +36,21 @@ def test_schedule_requests_only_stale_batches():
         for key in ("raw_clips", "baseline_captions", "finetuned_captions"):
             _materialize(instance, key, "a")
         _materialize(instance, "raw_clips", "b")
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 11, 25, 2, tzinfo=timezone.utc))
+        context = dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=datetime(2026, 11, 25, 2, tzinfo=UTC)
+        )
         requests = nightly_reprocess(context)
-        assert [(r.partition_key, r.tags["avdag/reprocess_reason"]) for r in requests] == [("b", "baseline captions missing")]
+        assert [(r.partition_key, r.tags["avdag/reprocess_reason"]) for r in requests] == [
+            ("b", "baseline captions missing")
+        ]
         assert requests[0].run_key == "nightly:2026-11-25:b"
         _materialize(instance, "raw_clips", "a")  # batch a re-uploaded: its captions are now stale
         for key in ("baseline_captions", "finetuned_captions"):
             _materialize(instance, key, "b")
         requests = nightly_reprocess(context)
-        assert [(r.partition_key, r.tags["avdag/reprocess_reason"]) for r in requests] == [("a", "baseline captions older than the clips")]
+        assert [(r.partition_key, r.tags["avdag/reprocess_reason"]) for r in requests] == [
+            ("a", "baseline captions older than the clips")
+        ]
 
 
 def test_schedule_skips_when_everything_is_fresh():

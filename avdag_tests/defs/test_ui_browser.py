@@ -18,14 +18,15 @@ import pytest
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
 CHROMIUM = shutil.which("chromium")
 if CHROMIUM is None:
-    pytest.skip("Debian's chromium is not on PATH (.ci/run installs it with apt-get install chromium)",
-                allow_module_level=True)
+    pytest.skip(
+        "Debian's chromium is not on PATH (.ci/run installs it with apt-get install chromium)", allow_module_level=True
+    )
 
 import dagster as dg  # noqa: E402
 
 from avdag.defs.pipeline.partitions import clip_batches  # noqa: E402
-from avdag.resources.registry import ClipRegistryResource  # noqa: E402
 from avdag.demo.sample_batch import write_sample_batch  # noqa: E402
+from avdag.resources.registry import ClipRegistryResource  # noqa: E402
 from avdag_tests.support.pipeline_helpers import ALL_ASSETS, small_resources, small_run_config  # noqa: E402
 
 BATCH = "batch-ui"
@@ -55,11 +56,21 @@ def demo_home(tmp_path_factory, tiny_model_path):
         mp.setenv("HF_HUB_OFFLINE", "1")
         with dg.DagsterInstance.get() as instance:  # persistent, in DAGSTER_HOME: the webserver reads it
             instance.add_dynamic_partitions(clip_batches.name, [BATCH])
-            resources = small_resources(str(landing), clip_registry=ClipRegistryResource(path=str(landing / "_registry.sqlite")))
-            dg.materialize(ALL_ASSETS, partition_key=BATCH, resources=resources, instance=instance,
-                           run_config=small_run_config(), raise_on_error=True)
-            metadata = {key: instance.get_latest_materialization_event(dg.AssetKey(key)).asset_materialization.metadata
-                        for key in ("finetuned_judge_scores", "score_comparison")}
+            resources = small_resources(
+                str(landing), clip_registry=ClipRegistryResource(path=str(landing / "_registry.sqlite"))
+            )
+            dg.materialize(
+                ALL_ASSETS,
+                partition_key=BATCH,
+                resources=resources,
+                instance=instance,
+                run_config=small_run_config(),
+                raise_on_error=True,
+            )
+            metadata = {
+                key: instance.get_latest_materialization_event(dg.AssetKey(key)).asset_materialization.metadata
+                for key in ("finetuned_judge_scores", "score_comparison")
+            }
         yield home, metadata
 
 
@@ -81,9 +92,24 @@ def webserver(demo_home):
     log = home / "webserver.log"
     env = dict(os.environ, AVDAG_HOME=str(home), DAGSTER_HOME=str(home / "dagster"), HF_HUB_OFFLINE="1")
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "dagster_webserver", "-w", str(REPO / "workspace.yaml"),
-                                 "-h", "127.0.0.1", "-p", str(port)],
-                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dagster_webserver",
+                "-w",
+                str(REPO / "workspace.yaml"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + STARTUP_S
@@ -119,8 +145,9 @@ def webserver(demo_home):
 def browser(webserver):
     """Started after the webserver, so the materialization does not run beside Playwright's event loop."""
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM,
-                                             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+        )
         try:
             yield browser
         finally:
@@ -151,8 +178,10 @@ def _check(page, webserver, home: Path, name: str, checks) -> None:
         except sync_api.Error as inner:
             text = f"<page text unavailable: {inner}>"
         first = "\n".join(str(exc).splitlines()[:8])  # Playwright appends a long aria snapshot; the page text follows
-        raise AssertionError(f"{name}: {first}\nurl: {page.url}\nscreenshot: {shot}\npage text:\n{text[:2500]}\n"
-                             f"webserver log tail:\n{_tail(log, 1500)}") from None
+        raise AssertionError(
+            f"{name}: {first}\nurl: {page.url}\nscreenshot: {shot}\npage text:\n{text[:2500]}\n"
+            f"webserver log tail:\n{_tail(log, 1500)}"
+        ) from None
 
 
 def test_score_asset_shows_its_lineage_and_judge_metadata(page, webserver, demo_home):

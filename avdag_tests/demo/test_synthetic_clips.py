@@ -12,8 +12,8 @@ import av
 import numpy as np
 import pytest
 
-from avdag.demo import synthetic_clips as synthetic
 from avdag.core.common.labels import FIELDS, LIGHTING, WEATHER, validate_label
+from avdag.demo import synthetic_clips as synthetic
 from avdag.demo.synthetic_clips import (
     LABEL_SUFFIX,
     VIDEO_SUFFIX,
@@ -237,8 +237,10 @@ def _lamp_pixel_counts(frame: np.ndarray) -> dict[str, int]:
 
 
 def test_night_is_dark_and_streetlights_brighten_it(tmp_path: Path):
-    luma = {lighting: _luma(_render(tmp_path, replace(STILL, lighting=lighting), str(i))).mean()
-            for i, lighting in enumerate(LIGHTING)}
+    luma = {
+        lighting: _luma(_render(tmp_path, replace(STILL, lighting=lighting), str(i))).mean()
+        for i, lighting in enumerate(LIGHTING)
+    }
     for night in (NIGHT_DARK, NIGHT_LIT):
         assert luma[night] < 0.7 * min(luma[DIRECT_SUN], luma[DIFFUSED], luma[LOW_CONTRAST])
     assert luma[NIGHT_DARK] < 0.4 * luma[DIRECT_SUN]
@@ -280,7 +282,7 @@ def test_fog_and_dull_light_flatten_contrast_and_sun_sharpens_it(tmp_path: Path)
 
     def ground_contrast(lighting: str) -> float:
         frames = _render(tmp_path, replace(STILL, lighting=lighting), "g")
-        return float(_luma(frames[:, frames.shape[1] // 2:]).std())
+        return float(_luma(frames[:, frames.shape[1] // 2 :]).std())
 
     clear = contrast(CLEAR, DIFFUSED)
     assert contrast(DENSE_FOG, DIFFUSED) < 0.6 * clear
@@ -289,8 +291,10 @@ def test_fog_and_dull_light_flatten_contrast_and_sun_sharpens_it(tmp_path: Path)
 
 
 def test_rain_and_snow_move_between_frames_when_nothing_else_does(tmp_path: Path):
-    change = {weather: _frame_to_frame_change(_render(tmp_path, replace(STILL, weather=weather), "p"))
-              for weather in (CLEAR, LIGHT_RAIN, HEAVY_RAIN, LIGHT_SNOW)}
+    change = {
+        weather: _frame_to_frame_change(_render(tmp_path, replace(STILL, weather=weather), "p"))
+        for weather in (CLEAR, LIGHT_RAIN, HEAVY_RAIN, LIGHT_SNOW)
+    }
     assert change[CLEAR] < 0.1
     assert change[LIGHT_RAIN] > 0.5
     assert change[HEAVY_RAIN] > 2.5 * change[LIGHT_RAIN]
@@ -354,8 +358,13 @@ def test_pedestrian_walks_across_a_still_scene(tmp_path: Path):
 
 @pytest.mark.parametrize(("lanes", "two_way"), [(1, True), (2, True), (2, False), (3, False)])
 def test_lane_lines_match_lane_count(tmp_path: Path, lanes: int, two_way: bool):
-    scene = replace(STILL, lanes_per_direction=lanes, two_way=two_way, lane_marking="solid",
-                    road_type="arterial" if two_way else "highway")
+    scene = replace(
+        STILL,
+        lanes_per_direction=lanes,
+        two_way=two_way,
+        lane_marking="solid",
+        road_type="arterial" if two_way else "highway",
+    )
     frame = _render(tmp_path, scene, "lanes")[0]
     row = frame[frame.shape[0] // 2].astype(int)  # a little below the horizon: the whole road is in view
     white_lines = int((np.diff((row.min(axis=-1) > 180).astype(int)) == 1).sum())

@@ -20,10 +20,10 @@ from pathlib import Path
 import av
 import numpy as np
 
-from avdag.core.ingest.upload_batch import IngestLimits
 from avdag.core.ingest.landing import LABEL_SUFFIX, READY_MARKER, VIDEO_SUFFIX
-from avdag_tests.support.media import unique_copy
+from avdag.core.ingest.upload_batch import IngestLimits
 from avdag.demo.sample_data import REAL_CLIP_DIR
+from avdag_tests.support.media import unique_copy
 
 REAL_DIR = REAL_CLIP_DIR
 REAL_LABEL_PATH = REAL_DIR / "solidWhiteRight.label.json"
@@ -39,8 +39,16 @@ SPACE_ID = "clip with space"
 # --- media --------------------------------------------------------------------------------------
 
 
-def encode_clip(path: Path, *, seconds: float = 1.5, fps: int = 10, width: int = 128, height: int = 72,
-                noise: bool = False, seed: int = 0) -> Path:
+def encode_clip(
+    path: Path,
+    *,
+    seconds: float = 1.5,
+    fps: int = 10,
+    width: int = 128,
+    height: int = 72,
+    noise: bool = False,
+    seed: int = 0,
+) -> Path:
     """An H.264 (libx264, yuv420p) MP4 whose frames change over time; `noise` makes it big."""
     rng = np.random.default_rng(seed)
     with av.open(str(path), "w") as container:
@@ -68,7 +76,9 @@ def encode_audio_only(path: Path, *, seconds: float = 1.5, rate: int = 44100) ->
         samples, n = 1024, int(seconds * rate)
         for start in range(0, n, samples):
             t = (np.arange(start, start + samples) / rate).astype(np.float32)
-            frame = av.AudioFrame.from_ndarray((0.2 * np.sin(2 * np.pi * 440 * t))[None, :], format="fltp", layout="mono")
+            frame = av.AudioFrame.from_ndarray(
+                (0.2 * np.sin(2 * np.pi * 440 * t))[None, :], format="fltp", layout="mono"
+            )
             frame.sample_rate, frame.pts = rate, start
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -107,7 +117,12 @@ def s3_only_inputs(clip: bytes) -> list[S3OnlyInput]:
         # A valid video whose key climbs out of videos/ and the batch: must never be downloaded
         # (and so never written anywhere), only quarantined.
         S3OnlyInput(f"videos/../../escape{VIDEO_SUFFIX}", unique_copy(clip, "escape-1"), "layout", LAYOUT_REASON),
-        S3OnlyInput(f"videos/../../../../../../tmp/escape_abs{VIDEO_SUFFIX}", unique_copy(clip, "escape-2"), "layout", LAYOUT_REASON),
+        S3OnlyInput(
+            f"videos/../../../../../../tmp/escape_abs{VIDEO_SUFFIX}",
+            unique_copy(clip, "escape-2"),
+            "layout",
+            LAYOUT_REASON,
+        ),
         S3OnlyInput(f"videos/./dot_segment{VIDEO_SUFFIX}", unique_copy(clip, "escape-3"), "layout", LAYOUT_REASON),
         # What the S3 console's "Create folder" writes: a zero-byte object whose key ends in '/'.
         S3OnlyInput("metas/", b"", "layout", LAYOUT_REASON),
@@ -197,8 +212,12 @@ def build_corpus(batch_dir: Path, *, ready: bool = True) -> Corpus:
     for clip_id, content, check, reason in (
         ("label_bad_json", '{"weather": "Clear skies", "lighting": ', "label_json", ("not valid JSON",)),
         ("label_not_utf8", b'{"weather": "\xff"}', "label_json", ("not valid JSON",)),
-        ("label_wrong_types", real_label() | {"driving_difficulty": "3", "rule_violation": 7}, "label_schema",
-         ("driving_difficulty", "'3'", "rule_violation", "7")),
+        (
+            "label_wrong_types",
+            real_label() | {"driving_difficulty": "3", "rule_violation": 7},
+            "label_schema",
+            ("driving_difficulty", "'3'", "rule_violation", "7"),
+        ),
         ("label_sandstorm", real_label() | {"weather": "Sandstorm"}, "label_schema", ("weather", "Sandstorm")),
         ("label_not_object", "[1, 2, 3]", "label_schema", ("expected a JSON object",)),
     ):
@@ -213,8 +232,12 @@ def build_corpus(batch_dir: Path, *, ready: bool = True) -> Corpus:
 
     # 11: the same bytes as good_a under another name (sorts after it, so good_a is the original);
     # its label follows it into quarantine.
-    video(DUPLICATE_COPY, (batch_dir / "videos" / f"{DUPLICATE_SOURCE}{VIDEO_SUFFIX}").read_bytes(), "duplicate",
-          f"same content as clip {DUPLICATE_SOURCE} of batch {batch}")
+    video(
+        DUPLICATE_COPY,
+        (batch_dir / "videos" / f"{DUPLICATE_SOURCE}{VIDEO_SUFFIX}").read_bytes(),
+        "duplicate",
+        f"same content as clip {DUPLICATE_SOURCE} of batch {batch}",
+    )
     label(DUPLICATE_COPY, real_label(), "duplicate", f"its video {DUPLICATE_COPY} was quarantined", "same content")
 
     # 14: a label without a video.
@@ -225,7 +248,9 @@ def build_corpus(batch_dir: Path, *, ready: bool = True) -> Corpus:
         if label_rel is not None and corpus[label_rel] != "clip":
             corpus.labels[rel] = None
 
-    others = max((batch_dir / r).stat().st_size for r, o in corpus.items() if r.startswith("videos/") and o != "video_size")
+    others = max(
+        (batch_dir / r).stat().st_size for r, o in corpus.items() if r.startswith("videos/") and o != "video_size"
+    )
     assert len(big) > 2 * others, (len(big), others)  # the noise clip must be clearly the biggest
     corpus.limits = IngestLimits(max_size_bytes=(len(big) + others) // 2)
 
@@ -259,6 +284,13 @@ def build_duplicate_batch(batch_dir: Path, source_video: Path, copy_id: str, *, 
 
 
 __all__ = [
-    "Corpus", "S3OnlyInput", "build_corpus", "build_duplicate_batch", "encode_clip", "encode_audio_only",
-    "real_label", "s3_only_inputs", "write_ready",
+    "Corpus",
+    "S3OnlyInput",
+    "build_corpus",
+    "build_duplicate_batch",
+    "encode_clip",
+    "encode_audio_only",
+    "real_label",
+    "s3_only_inputs",
+    "write_ready",
 ]

@@ -53,7 +53,9 @@ def main() -> None:
         data = tomllib.load(f)
     config = cosmos_config(data)
     train = config.train
-    output_dir = train.output_dir if train.timestamp else os.path.join(train.output_dir, datetime.now().strftime("%Y%m%d%H%M%S"))
+    output_dir = (
+        train.output_dir if train.timestamp else os.path.join(train.output_dir, datetime.now().strftime("%Y%m%d%H%M%S"))
+    )
 
     dataset = load_entry_script(args.script).get_dataset(config)
     items = [dataset[i] for i in range(len(dataset))]
@@ -76,7 +78,10 @@ def main() -> None:
 
     def report(p: dict) -> None:
         now = time.perf_counter()
-        _log(f"Step: {p['step']}/{p['steps']}, Loss: {p['loss']:.5f}, Grad norm: nan, Iteration time: {now - last[0]:.2f}s")
+        _log(
+            f"Step: {p['step']}/{p['steps']}, Loss: {p['loss']:.5f}, Grad norm: nan, "
+            f"Iteration time: {now - last[0]:.2f}s"
+        )
         last[0] = now
 
     export = os.path.join(output_dir, "safetensors", f"step_{steps}")
@@ -85,7 +90,13 @@ def main() -> None:
 
 
 def _video(conversation: list[dict]) -> str:
-    return next(item["video"] for m in conversation if isinstance(m["content"], list) for item in m["content"] if item["type"] == "video")
+    return next(
+        item["video"]
+        for m in conversation
+        if isinstance(m["content"], list)
+        for item in m["content"]
+        if item["type"] == "video"
+    )
 
 
 if __name__ == "__main__":

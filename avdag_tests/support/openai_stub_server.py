@@ -45,8 +45,16 @@ from urllib.parse import parse_qs, urlsplit
 CHAT_COMPLETIONS_PATH = "/v1/chat/completions"
 MODELS_PATH = "/v1/models"
 BATCH_API_PREFIXES = ("/v1/files", "/v1/batches")
-FILE_PURPOSES = {"assistants", "assistants_output", "batch", "batch_output", "fine-tune", "fine-tune-results",
-                 "vision", "user_data"}
+FILE_PURPOSES = {
+    "assistants",
+    "assistants_output",
+    "batch",
+    "batch_output",
+    "fine-tune",
+    "fine-tune-results",
+    "vision",
+    "user_data",
+}
 UNPROCESSED_LINE_ERRORS = {
     "expired": ("batch_expired", "This request could not be executed before the completion window expired."),
     "cancelled": ("batch_cancelled", "This request was not executed because the batch was cancelled."),
@@ -100,8 +108,14 @@ def chat_completion_body(model: str, content: str, request_index: int) -> dict[s
 
 def error_body(status: int, message: str) -> dict[str, Any]:
     """An OpenAI-style error object, so the client raises its usual APIStatusError."""
-    return {"error": {"message": message, "type": "server_error" if status >= 500 else "invalid_request_error",
-                      "param": None, "code": None}}
+    return {
+        "error": {
+            "message": message,
+            "type": "server_error" if status >= 500 else "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+    }
 
 
 class ApiError(Exception):
@@ -180,8 +194,9 @@ class OpenAIStubServer:
     Use as a context manager, or call start()/stop(). `requests` (JSON bodies) and
     `request_headers` (names lower-cased) and `request_times` (time.monotonic() on arrival) are
     appended under a lock, one entry per HTTP request, so client retries and their spacing are
-    visible. `max_concurrent_requests` is the most chat requests being answered at once (from receipt until the reply is sent, delay included),
-    so a test can check a client's parallelism without relying on timing.
+    visible. `max_concurrent_requests` is the most chat requests being answered at once (from receipt
+    until the reply is sent, delay included), so a test can check a client's parallelism without
+    relying on timing.
     """
 
     def __init__(self, reply_fn: ReplyFn | None = None) -> None:
@@ -347,9 +362,17 @@ class OpenAIStubServer:
         """Store a file and return its FileObject. Caller holds the lock."""
         file_id = f"file-stub-{self._next_number('file')}"
         self.files[file_id] = data
-        self._file_objects[file_id] = {"id": file_id, "object": "file", "bytes": len(data),
-                                       "created_at": int(time.time()), "filename": filename, "purpose": purpose,
-                                       "status": "processed", "expires_at": None, "status_details": None}
+        self._file_objects[file_id] = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+            "expires_at": None,
+            "status_details": None,
+        }
         return self._file_objects[file_id]
 
     def _file_object(self, file_id: str) -> dict[str, Any]:
@@ -388,14 +411,26 @@ class OpenAIStubServer:
         requests, errors = parse_batch_input(data, endpoint)
         now = int(time.time())
         batch: dict[str, Any] = {
-            "object": "batch", "endpoint": endpoint, "input_file_id": input_file_id, "completion_window": "24h",
-            "status": "failed" if errors else "in_progress", "created_at": now, "expires_at": now + 24 * 3600,
-            "in_progress_at": None if errors else now, "failed_at": now if errors else None,
-            "finalizing_at": None, "completed_at": None, "expired_at": None, "cancelling_at": None,
-            "cancelled_at": None, "output_file_id": None, "error_file_id": None,
+            "object": "batch",
+            "endpoint": endpoint,
+            "input_file_id": input_file_id,
+            "completion_window": "24h",
+            "status": "failed" if errors else "in_progress",
+            "created_at": now,
+            "expires_at": now + 24 * 3600,
+            "in_progress_at": None if errors else now,
+            "failed_at": now if errors else None,
+            "finalizing_at": None,
+            "completed_at": None,
+            "expired_at": None,
+            "cancelling_at": None,
+            "cancelled_at": None,
+            "output_file_id": None,
+            "error_file_id": None,
             "errors": {"object": "list", "data": errors} if errors else None,
             "request_counts": {"total": 0 if errors else len(requests), "completed": 0, "failed": 0},
-            "metadata": request.get("metadata"), "model": requests[0]["body"].get("model") if requests else None,
+            "metadata": request.get("metadata"),
+            "model": requests[0]["body"].get("model") if requests else None,
             "usage": None,
         }
         with self._lock:
@@ -410,10 +445,15 @@ class OpenAIStubServer:
         with self._lock:
             newest_first = list(reversed(self.batches))
             if after is not None:
-                newest_first = newest_first[newest_first.index(after) + 1:] if after in newest_first else []
+                newest_first = newest_first[newest_first.index(after) + 1 :] if after in newest_first else []
             page = [copy.deepcopy(self.batches[batch_id]) for batch_id in newest_first[:limit]]
-        return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
-                "last_id": page[-1]["id"] if page else None, "has_more": len(newest_first) > limit}
+        return {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(newest_first) > limit,
+        }
 
     def _poll_batch(self, batch_id: str) -> dict[str, Any]:
         """A retrieve: counts toward complete_after_polls, and turns "cancelling" into "cancelled"."""
@@ -424,8 +464,11 @@ class OpenAIStubServer:
             if batch_id not in self._finishing:
                 if batch["status"] == "cancelling":
                     ends_as = "cancelled"
-                elif (batch["status"] == "in_progress" and not self.hold_batches
-                      and self._batch_polls[batch_id] >= self.complete_after_polls):
+                elif (
+                    batch["status"] == "in_progress"
+                    and not self.hold_batches
+                    and self._batch_polls[batch_id] >= self.complete_after_polls
+                ):
                     ends_as = "completed"
             if ends_as is None:
                 return copy.deepcopy(batch)
@@ -457,26 +500,41 @@ class OpenAIStubServer:
                         response_body: Any = json.loads(raw)
                     except json.JSONDecodeError:
                         response_body = raw  # malformed on purpose: hand it over as the string it is
-                    line = {"id": f"batch_req_{index}", "custom_id": request["custom_id"],
-                            "response": {"status_code": reply.status, "request_id": f"req_{index}",
-                                         "body": response_body},
-                            "error": None}
+                    line = {
+                        "id": f"batch_req_{index}",
+                        "custom_id": request["custom_id"],
+                        "response": {"status_code": reply.status, "request_id": f"req_{index}", "body": response_body},
+                        "error": None,
+                    }
                     (output_lines if 200 <= reply.status < 300 else error_lines).append(line)
                     self.batch_lines_processed.append(request["custom_id"])
                 for request in requests[run_count:]:
                     code, message = UNPROCESSED_LINE_ERRORS[status]
-                    error_lines.append({"id": f"batch_req_{self._next_number('batch_request')}", "custom_id": request["custom_id"],
-                                        "response": None, "error": {"code": code, "message": message}})
+                    error_lines.append(
+                        {
+                            "id": f"batch_req_{self._next_number('batch_request')}",
+                            "custom_id": request["custom_id"],
+                            "response": None,
+                            "error": {"code": code, "message": message},
+                        }
+                    )
                 batch = self.batches[batch_id]
                 now = int(time.time())
-                batch.update({
-                    "status": status, f"{status}_at": now, "finalizing_at": now if status == "completed" else None,
-                    "output_file_id": self._add_jsonl_file(f"{batch_id}_output.jsonl", output_lines),
-                    "error_file_id": self._add_jsonl_file(f"{batch_id}_error.jsonl", error_lines),
-                    "request_counts": {"total": len(requests), "completed": len(output_lines),
-                                       "failed": len(requests) - len(output_lines)},
-                    "usage": _batch_usage(output_lines),
-                })
+                batch.update(
+                    {
+                        "status": status,
+                        f"{status}_at": now,
+                        "finalizing_at": now if status == "completed" else None,
+                        "output_file_id": self._add_jsonl_file(f"{batch_id}_output.jsonl", output_lines),
+                        "error_file_id": self._add_jsonl_file(f"{batch_id}_error.jsonl", error_lines),
+                        "request_counts": {
+                            "total": len(requests),
+                            "completed": len(output_lines),
+                            "failed": len(requests) - len(output_lines),
+                        },
+                        "usage": _batch_usage(output_lines),
+                    }
+                )
                 return copy.deepcopy(batch)
             finally:
                 self._finishing.discard(batch_id)
@@ -491,13 +549,20 @@ class OpenAIStubServer:
 
 def _batch_usage(output_lines: list[dict[str, Any]]) -> dict[str, Any]:
     """A Batch's `usage`: the chat usages of its output lines, summed."""
-    usages = [line["response"]["body"].get("usage") or {} for line in output_lines
-              if isinstance(line["response"]["body"], dict)]
+    usages = [
+        line["response"]["body"].get("usage") or {}
+        for line in output_lines
+        if isinstance(line["response"]["body"], dict)
+    ]
     input_tokens = sum(usage.get("prompt_tokens", 0) for usage in usages)
     output_tokens = sum(usage.get("completion_tokens", 0) for usage in usages)
-    return {"input_tokens": input_tokens, "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": input_tokens + output_tokens}
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
+    }
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
@@ -557,8 +622,13 @@ def _handler_class(server: OpenAIStubServer) -> type[BaseHTTPRequestHandler]:
             else:
                 self._send(status, json.dumps(payload).encode())
 
-        def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None,
-                  content_type: str = "application/json") -> None:
+        def _send(
+            self,
+            status: int,
+            payload: bytes,
+            headers: dict[str, str] | None = None,
+            content_type: str = "application/json",
+        ) -> None:
             try:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)

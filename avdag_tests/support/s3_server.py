@@ -21,7 +21,6 @@ import logging
 import os
 from pathlib import Path
 
-
 _CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -41,7 +40,7 @@ class LoopbackS3:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    def start(self) -> "LoopbackS3":
+    def start(self) -> LoopbackS3:
         from moto.server import ThreadedMotoServer
 
         for name in (*_CREDENTIALS, *_HIDDEN, "NO_PROXY", "no_proxy"):
@@ -86,7 +85,7 @@ class LoopbackS3:
                 os.environ[name] = value
         self._saved_env = {}
 
-    def __enter__(self) -> "LoopbackS3":
+    def __enter__(self) -> LoopbackS3:
         return self.start()
 
     def __exit__(self, *exc) -> None:

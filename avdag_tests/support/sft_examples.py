@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 from avdag.core.captioning.conversations import sft_messages
-from avdag.demo.synthetic_clips import generate_sample_batch
 from avdag.core.training.embedded_loop import SftExample
+from avdag.demo.synthetic_clips import generate_sample_batch
 
 
 def synthetic_sft_examples(root: Path, n: int, seed: int) -> list[SftExample]:

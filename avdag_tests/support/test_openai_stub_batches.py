@@ -13,8 +13,12 @@ from avdag_tests.support.openai_stub_server import CHAT_COMPLETIONS_PATH, OpenAI
 
 
 def _line(custom_id: str, url: str = CHAT_COMPLETIONS_PATH) -> dict[str, Any]:
-    return {"custom_id": custom_id, "method": "POST", "url": url,
-            "body": {"model": "judge", "messages": [{"role": "user", "content": custom_id}]}}
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": url,
+        "body": {"model": "judge", "messages": [{"role": "user", "content": custom_id}]},
+    }
 
 
 def _jsonl(lines: list[dict[str, Any]]) -> bytes:
@@ -49,7 +53,12 @@ def _file_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, An
 def test_upload_round_trips_bytes(client: openai.OpenAI, server: OpenAIStubServer) -> None:
     data = b'{"a": 1}\r\n\x00\xff binary tail'
     upload = client.files.create(file=("judge.jsonl", data), purpose="batch")
-    assert (upload.filename, upload.purpose, upload.bytes, upload.status) == ("judge.jsonl", "batch", len(data), "processed")
+    assert (upload.filename, upload.purpose, upload.bytes, upload.status) == (
+        "judge.jsonl",
+        "batch",
+        len(data),
+        "processed",
+    )
     assert client.files.retrieve(upload.id).id == upload.id
     assert client.files.content(upload.id).content == data == server.files[upload.id]
 
@@ -80,12 +89,16 @@ def test_non_2xx_reply_goes_to_the_error_file(client: openai.OpenAI) -> None:
     assert "error" in error["response"]["body"] and error["error"] is None
 
 
-@pytest.mark.parametrize(("lines", "bad_line", "param"), [
-    ([_line("a"), _line("b"), _line("a")], 3, "custom_id"),
-    ([_line("a"), _line("b", url="/v1/embeddings")], 2, "url"),
-])
-def test_invalid_input_line_fails_the_batch(client: openai.OpenAI, lines: list[dict[str, Any]], bad_line: int,
-                                             param: str) -> None:
+@pytest.mark.parametrize(
+    ("lines", "bad_line", "param"),
+    [
+        ([_line("a"), _line("b"), _line("a")], 3, "custom_id"),
+        ([_line("a"), _line("b", url="/v1/embeddings")], 2, "url"),
+    ],
+)
+def test_invalid_input_line_fails_the_batch(
+    client: openai.OpenAI, lines: list[dict[str, Any]], bad_line: int, param: str
+) -> None:
     batch = _create_batch(client, lines)
     assert batch.status == "failed" and batch.errors is not None
     [error] = batch.errors.data or []
@@ -103,7 +116,9 @@ def test_expired_batch_keeps_partial_results(client: openai.OpenAI, server: Open
     assert [line["custom_id"] for line in _file_lines(client, done.output_file_id)] == ["a"]
     errors = _file_lines(client, done.error_file_id)
     assert [(line["custom_id"], line["error"]["code"], line["response"]) for line in errors] == [
-        ("b", "batch_expired", None), ("c", "batch_expired", None)]
+        ("b", "batch_expired", None),
+        ("c", "batch_expired", None),
+    ]
     assert server.batch_lines_processed == ["a"]
 
 

@@ -180,10 +180,10 @@ def _salvage_fields(text: str) -> dict[str, Any]:
     decoder = json.JSONDecoder()
     found: dict[str, Any] = {}
     for name in FIELDS:
-        match = re.search(r'"%s"\s*:\s*' % re.escape(name), text)
+        match = re.search(rf'"{re.escape(name)}"\s*:\s*', text)
         if not match:
             continue
-        fragment = _python_literals_to_json(text[match.end():])
+        fragment = _python_literals_to_json(text[match.end() :])
         try:
             value, end = decoder.raw_decode(fragment)
         except ValueError:

@@ -10,20 +10,40 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import pandas as pd
 
 from avdag.core.captioning.answers import parse_answer
-from avdag.core.common.atomic import write_json_atomic
 from avdag.core.captioning.model import CaptionOutput, CaptionSource, GenerationSettings
+from avdag.core.common.atomic import write_json_atomic
 from avdag.core.common.labels import FIELDS
 
 CAPTION_COLUMNS = (
-    "clip_id", "batch", "clip_sha256", "caption_source", "model_path", "model_hash", "prompt_hash",
-    "generation", "raw_text", "parsed_json", "parse_error", "repaired", "fields_ok", "field_status",
-    "prompt_tokens", "video_tokens", "new_tokens", "seconds", "cached", "caption_error", "caption_key", "caption_run_id",
+    "clip_id",
+    "batch",
+    "clip_sha256",
+    "caption_source",
+    "model_path",
+    "model_hash",
+    "prompt_hash",
+    "generation",
+    "raw_text",
+    "parsed_json",
+    "parse_error",
+    "repaired",
+    "fields_ok",
+    "field_status",
+    "prompt_tokens",
+    "video_tokens",
+    "new_tokens",
+    "seconds",
+    "cached",
+    "caption_error",
+    "caption_key",
+    "caption_run_id",
 )
 
 
@@ -82,14 +102,23 @@ def caption_clips(
     paths = [str(clips["local_path"].iloc[i]) for i in todo]
     for position, out in captioner.caption_stream(paths, prompts.system_prompt, prompts.user_prompt):
         i = todo[position]
-        record = {"raw_text": out.raw_text, "prompt_tokens": out.prompt_tokens, "video_tokens": out.video_tokens,
-                  "new_tokens": out.new_tokens, "seconds": out.seconds, "clip_id": clips["clip_id"].iloc[i], "run_id": run_id}
+        record = {
+            "raw_text": out.raw_text,
+            "prompt_tokens": out.prompt_tokens,
+            "video_tokens": out.video_tokens,
+            "new_tokens": out.new_tokens,
+            "seconds": out.seconds,
+            "clip_id": clips["clip_id"].iloc[i],
+            "run_id": run_id,
+        }
         if out.error is None:
             write_json_atomic(cache_dir / f"{keys[i]}.json", record)
         records[i] = {**record, "cached": False, "error": out.error}
         progress.done(record["clip_id"], out)
-    rows = [_row(clip, records[i], keys[i], captioner, prompts, caption_source)
-            for i, clip in enumerate(clips.itertuples(index=False))]
+    rows = [
+        _row(clip, records[i], keys[i], captioner, prompts, caption_source)
+        for i, clip in enumerate(clips.itertuples(index=False))
+    ]
     return pd.DataFrame(rows, columns=CAPTION_COLUMNS)
 
 
@@ -106,8 +135,10 @@ class _Progress:
         elapsed = time.perf_counter() - self.started
         eta = elapsed / self.finished * (self.total - self.finished)
         what = f"FAILED: {out.error}" if out.error else f"{out.new_tokens} tokens"
-        self.log(f"[{self.source}] {self.finished}/{self.total} {clip_id}: {what}; "
-                 f"{self.finished / elapsed:.2f} clips/s, {self.tokens / elapsed:.0f} tokens/s; ETA {eta:.0f}s")
+        self.log(
+            f"[{self.source}] {self.finished}/{self.total} {clip_id}: {what}; "
+            f"{self.finished / elapsed:.2f} clips/s, {self.tokens / elapsed:.0f} tokens/s; ETA {eta:.0f}s"
+        )
 
 
 def _read_cached(path: Path) -> dict[str, Any] | None:
@@ -153,11 +184,13 @@ def field_failures(frame: pd.DataFrame) -> pd.DataFrame:
     for name in FIELDS:
         values = [s.get(name, "missing") for s in statuses]
         invalid = [v for v in values if v.startswith("invalid")]
-        rows.append({
-            "field": name,
-            "ok": values.count("ok"),
-            "missing": values.count("missing"),
-            "invalid": len(invalid),
-            "commonest_problem": max(set(invalid), key=invalid.count) if invalid else "",
-        })
+        rows.append(
+            {
+                "field": name,
+                "ok": values.count("ok"),
+                "missing": values.count("missing"),
+                "invalid": len(invalid),
+                "commonest_problem": max(set(invalid), key=invalid.count) if invalid else "",
+            }
+        )
     return pd.DataFrame(rows)

@@ -14,9 +14,7 @@ from avdag.core.common.labels import format_label_as_answer
 Message = dict[str, Any]
 
 
-def caption_messages(
-    system_prompt: str, user_prompt: str, video: str, *, fps: float, max_pixels: int
-) -> list[Message]:
+def caption_messages(system_prompt: str, user_prompt: str, video: str, *, fps: float, max_pixels: int) -> list[Message]:
     """The question the captioner is asked about one clip (qwen-vl-utils message format)."""
     return [
         {"role": "system", "content": system_prompt},

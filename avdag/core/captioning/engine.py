@@ -21,8 +21,8 @@ from functools import cached_property
 from pathlib import Path
 
 from avdag.core.captioning.answers import answer_is_complete
-from avdag.core.captioning.model import CaptionOutput, GenerationSettings, load_model_and_processor, resolve_device
 from avdag.core.captioning.conversations import caption_messages
+from avdag.core.captioning.model import CaptionOutput, GenerationSettings, load_model_and_processor, resolve_device
 from avdag.core.common.model_identity import model_fingerprint
 from avdag.core.ingest.video import SampledVideo, VideoError, sample_frames
 
@@ -90,7 +90,10 @@ class VlmCaptioner:
         self, video_paths: Sequence[str], system_prompt: str, user_prompt: str
     ) -> Iterator[tuple[int, CaptionOutput]]:
         """Yield (index, output) per clip as generate_groups finish; a bad clip yields an error, the rest go on."""
-        generate_groups = [list(range(i, min(i + self.clips_per_generate, len(video_paths)))) for i in range(0, len(video_paths), self.clips_per_generate)]
+        generate_groups = [
+            list(range(i, min(i + self.clips_per_generate, len(video_paths))))
+            for i in range(0, len(video_paths), self.clips_per_generate)
+        ]
         if not generate_groups:
             return
         results: queue.Queue = queue.Queue()
@@ -104,7 +107,9 @@ class VlmCaptioner:
                     batch = None if stop.is_set() else next(next_group, None)
                 if batch is None:
                     return None
-                return frames_pool.submit(self._prepare, [(i, str(video_paths[i])) for i in batch], system_prompt, user_prompt)
+                return frames_pool.submit(
+                    self._prepare, [(i, str(video_paths[i])) for i in batch], system_prompt, user_prompt
+                )
 
             def run_groups(slot: int) -> Iterator[tuple[int, CaptionOutput]]:
                 upcoming = take()
@@ -180,7 +185,9 @@ class VlmCaptioner:
         try:
             texts = self._generate_batch(slot, ready)
         except (RuntimeError, ValueError) as error:  # e.g. out of memory: these clips fail, the run goes on
-            return failed + [(c.index, CaptionOutput("", 0, 0, 0, 0.0, error=f"generate failed: {error}")) for c in ready]
+            return failed + [
+                (c.index, CaptionOutput("", 0, 0, 0, 0.0, error=f"generate failed: {error}")) for c in ready
+            ]
         share = (time.perf_counter() - start) / len(ready)
         return failed + [
             (c.index, CaptionOutput(text, prompt, video, new, c.seconds + share))
@@ -209,12 +216,14 @@ class VlmCaptioner:
             mask = inputs["attention_mask"][row].bool()
             prompt_ids = inputs["input_ids"][row][mask]
             new_ids = _reply_tokens(out[row, padded_len:].tolist(), stop_ids, tokenizer.pad_token_id)
-            rows.append((
-                tokenizer.decode(new_ids, skip_special_tokens=True),
-                int(prompt_ids.numel()),
-                int((prompt_ids == model.config.video_token_id).sum()),
-                len(new_ids),
-            ))
+            rows.append(
+                (
+                    tokenizer.decode(new_ids, skip_special_tokens=True),
+                    int(prompt_ids.numel()),
+                    int((prompt_ids == model.config.video_token_id).sum()),
+                    len(new_ids),
+                )
+            )
         return rows
 
     def _generate_kwargs(self, processor, padded_len: int) -> dict:

@@ -68,7 +68,9 @@ def load_model_and_processor(model_path: str, device: str = "auto"):
     return model, processor
 
 
-def encode_conversation(processor, messages, video_path: str | Path, *, fps: float, max_pixels: int, add_generation_prompt: bool):
+def encode_conversation(
+    processor, messages, video_path: str | Path, *, fps: float, max_pixels: int, add_generation_prompt: bool
+):
     """Chat template + sampled frames -> model inputs (the one place both captioning and SFT tokenize)."""
     sampled = sample_frames(video_path, fps=fps, max_pixels=max_pixels)
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)

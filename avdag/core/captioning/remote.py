@@ -38,8 +38,8 @@ import openai
 import torch
 from PIL import Image
 
-from avdag.core.captioning.model import CaptionOutput, GenerationSettings
 from avdag.core.captioning.conversations import Message, caption_messages
+from avdag.core.captioning.model import CaptionOutput, GenerationSettings
 from avdag.core.common.http_retry import failure_text, is_retryable, wait_before_retry
 from avdag.core.ingest.video import FRAME_FACTOR, IMAGE_FACTOR, SampledVideo, VideoError, sample_frames
 
@@ -77,7 +77,9 @@ def _jpeg_base64(rgb) -> str:
 def video_content_parts(frames_base64: list[str], transport: VideoTransport) -> list[dict[str, Any]]:
     """The clip as OpenAI content parts: one image per frame, or one vLLM video of JPEG frames."""
     if transport == "frames":
-        return [{"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{frame}"}} for frame in frames_base64]
+        return [
+            {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{frame}"}} for frame in frames_base64
+        ]
     return [{"type": "video_url", "video_url": {"url": "data:video/jpeg;base64," + ",".join(frames_base64)}}]
 
 
@@ -110,7 +112,9 @@ def qwen_visual_tokens(sampled: SampledVideo, transport: VideoTransport) -> int:
 
 def openai_messages(messages: list[Message], video_parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """`caption_messages`' conversation with its video element replaced by the encoded frames."""
-    return [{"role": message["role"], "content": _openai_content(message["content"], video_parts)} for message in messages]
+    return [
+        {"role": message["role"], "content": _openai_content(message["content"], video_parts)} for message in messages
+    ]
 
 
 def _openai_content(content: str | list[dict[str, Any]], video_parts: list[dict[str, Any]]):

@@ -153,7 +153,7 @@ def field_issue(field: str, value: Any) -> str | None:
             return f"expected an integer 1-4, got {value!r}"
     elif field in BOOLEAN_FIELDS:
         if canonical_boolean(value) is None:
-            return f"expected \"True\" or \"False\", got {value!r}"
+            return f'expected "True" or "False", got {value!r}'
     return None
 
 

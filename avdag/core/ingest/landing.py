@@ -102,7 +102,7 @@ class LandingZone:
         if self.fs.exists(manifest):
             return hashlib.sha256(self.fs.cat_file(manifest)).hexdigest()
         rows = sorted(
-            (path[len(self.root):], int(info.get("size") or 0), self._content_tag(path, info))
+            (path[len(self.root) :], int(info.get("size") or 0), self._content_tag(path, info))
             for path, info in self._find(batch).items()
             if not path.endswith("/" + READY_MARKER)
         )
@@ -150,7 +150,7 @@ class LandingZone:
             return {str(PurePosixPath(entry["path"])): entry for entry in data["files"]}
         except (ValueError, KeyError, TypeError) as exc:
             raise ManifestError(
-                f"{self._url(path)}: malformed manifest ({exc}); expected {{\"files\": [{{\"path\": ..., \"size\": ...}}]}}"
+                f'{self._url(path)}: malformed manifest ({exc}); expected {{"files": [{{"path": ..., "size": ...}}]}}'
             ) from exc
 
     def read_bytes(self, url: str) -> bytes:

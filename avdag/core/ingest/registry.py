@@ -47,9 +47,7 @@ class ClipRegistry:
     def register(self, batch: str, clip_id: str, sha256: str, source_url: str) -> Registration:
         """Register one upload; idempotent, so re-running a batch gives the same answers."""
         with closing(self._connect()) as db, db:
-            db.execute(
-                "INSERT OR IGNORE INTO sources VALUES (?, ?, ?, ?)", (sha256, batch, clip_id, source_url)
-            )
+            db.execute("INSERT OR IGNORE INTO sources VALUES (?, ?, ?, ?)", (sha256, batch, clip_id, source_url))
             row = db.execute("SELECT clip_id, batch, source_url FROM clips WHERE sha256 = ?", (sha256,)).fetchone()
             if row is not None:
                 same_upload = row[1] == batch and row[0] == clip_id

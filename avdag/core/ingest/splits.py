@@ -19,7 +19,9 @@ def split_for(clip_id: str, eval_fraction: float = EVAL_FRACTION) -> Literal["tr
     return "eval" if bucket < eval_fraction else "train"
 
 
-def assign_splits(clip_ids_with_label: list[tuple[str, bool]], eval_fraction: float = EVAL_FRACTION) -> dict[str, Split]:
+def assign_splits(
+    clip_ids_with_label: list[tuple[str, bool]], eval_fraction: float = EVAL_FRACTION
+) -> dict[str, Split]:
     """clip id -> 'train' | 'eval' | 'unlabelled' (unlabelled clips are captioned, never trained on)."""
     return {cid: split_for(cid, eval_fraction) if labelled else "unlabelled" for cid, labelled in clip_ids_with_label}
 

@@ -9,9 +9,10 @@ its label into quarantine with it, so the label is accounted for too.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from avdag.core.common.labels import canonicalize_label, validate_label
 from avdag.core.ingest.landing import BatchListing, LandingZone, is_safe_name
@@ -43,8 +44,10 @@ class IngestLimits:
         if not self.min_duration_s <= probe.duration_s <= self.max_duration_s:
             return f"duration {probe.duration_s:.2f}s outside [{self.min_duration_s}, {self.max_duration_s}]s"
         if not (self.min_width <= probe.width <= self.max_width and self.min_height <= probe.height <= self.max_height):
-            return (f"resolution {probe.width}x{probe.height} outside "
-                    f"[{self.min_width}x{self.min_height}, {self.max_width}x{self.max_height}]")
+            return (
+                f"resolution {probe.width}x{probe.height} outside "
+                f"[{self.min_width}x{self.min_height}, {self.max_width}x{self.max_height}]"
+            )
         return None
 
 
@@ -64,37 +67,64 @@ class BatchOnlyRegistry:
 
 
 CLIP_COLUMNS = (
-    "clip_id", "batch", "source_url", "local_path", "label_url", "duration_s", "fps", "width", "height",
-    "codec", "num_frames", "size_bytes", "sha256", "label_json",
+    "clip_id",
+    "batch",
+    "source_url",
+    "local_path",
+    "label_url",
+    "duration_s",
+    "fps",
+    "width",
+    "height",
+    "codec",
+    "num_frames",
+    "size_bytes",
+    "sha256",
+    "label_json",
 )
 
 
 class _BatchIngest:
     """One pass over a batch listing, collecting clips and quarantine records."""
 
-    def __init__(self, zone: LandingZone, listing: BatchListing, cache_dir: Path, limits: IngestLimits, registry: Registry):
+    def __init__(
+        self, zone: LandingZone, listing: BatchListing, cache_dir: Path, limits: IngestLimits, registry: Registry
+    ):
         self.zone, self.listing, self.cache_dir, self.limits, self.registry = zone, listing, cache_dir, limits, registry
         self.clips: list[dict[str, Any]] = []
-        self.quarantine = [QuarantineRecord(listing.batch, url, "layout", why) for url, why in listing.unrecognized.items()]
+        self.quarantine = [
+            QuarantineRecord(listing.batch, url, "layout", why) for url, why in listing.unrecognized.items()
+        ]
 
     def reject(self, clip_id: str, url: str, check: str, reason: str) -> None:
         self.quarantine.append(QuarantineRecord(self.listing.batch, url, check, reason))
         label = self.listing.labels.get(clip_id)
         if label:
-            self.quarantine.append(QuarantineRecord(self.listing.batch, label, check, f"its video {clip_id} was quarantined: {reason}"))
+            self.quarantine.append(
+                QuarantineRecord(self.listing.batch, label, check, f"its video {clip_id} was quarantined: {reason}")
+            )
 
     def video(self, clip_id: str, url: str) -> None:
         size = self.listing.sizes.get(url, 0)
         if not is_safe_name(clip_id):
-            return self.reject(clip_id, url, "clip_name", f"unsafe clip id {clip_id!r} (letters, digits, '.', '_', '-' only)")
+            return self.reject(
+                clip_id, url, "clip_name", f"unsafe clip id {clip_id!r} (letters, digits, '.', '_', '-' only)"
+            )
         if size > self.limits.max_size_bytes:
-            return self.reject(clip_id, url, "video_size", f"{size} bytes exceeds the {self.limits.max_size_bytes}-byte limit")
+            return self.reject(
+                clip_id, url, "video_size", f"{size} bytes exceeds the {self.limits.max_size_bytes}-byte limit"
+            )
         manifest_entry = self._manifest_entry(url)
         if self.listing.manifest is not None:
             if manifest_entry is None:
                 return self.reject(clip_id, url, "manifest", "not listed in _MANIFEST.json")
             if int(manifest_entry.get("size", size)) != size:
-                return self.reject(clip_id, url, "manifest", f"size {size} but the manifest says {manifest_entry['size']}: incomplete upload?")
+                return self.reject(
+                    clip_id,
+                    url,
+                    "manifest",
+                    f"size {size} but the manifest says {manifest_entry['size']}: incomplete upload?",
+                )
         try:
             local = self.zone.local_copy(url, self.cache_dir)
             probe = probe_video(local)
@@ -107,14 +137,32 @@ class _BatchIngest:
             return self.reject(clip_id, url, "manifest", f"sha256 {probe.sha256[:12]}… differs from the manifest's")
         registration = self.registry.register(self.listing.batch, clip_id, probe.sha256, url)
         if registration.status == "duplicate":
-            return self.reject(clip_id, url, "duplicate",
-                               f"same content as clip {registration.clip_id} of batch {registration.batch}; recorded as another source")
+            return self.reject(
+                clip_id,
+                url,
+                "duplicate",
+                f"same content as clip {registration.clip_id} of batch {registration.batch}; "
+                "recorded as another source",
+            )
         if registration.status == "id_conflict":
-            return self.reject(clip_id, url, "clip_id_conflict",
-                               f"clip id {clip_id} already names different content in batch {registration.batch}")
+            return self.reject(
+                clip_id,
+                url,
+                "clip_id_conflict",
+                f"clip id {clip_id} already names different content in batch {registration.batch}",
+            )
         label_json = self._label(clip_id)
-        self.clips.append({"clip_id": clip_id, "batch": self.listing.batch, "source_url": url, "local_path": str(local),
-                           "label_url": self.listing.labels.get(clip_id), **asdict(probe), "label_json": label_json})
+        self.clips.append(
+            {
+                "clip_id": clip_id,
+                "batch": self.listing.batch,
+                "source_url": url,
+                "local_path": str(local),
+                "label_url": self.listing.labels.get(clip_id),
+                **asdict(probe),
+                "label_json": label_json,
+            }
+        )
 
     def _manifest_entry(self, url: str) -> dict | None:
         if not self.listing.manifest:
@@ -135,7 +183,9 @@ class _BatchIngest:
             return None
         issues = validate_label(label)
         if issues:
-            self.quarantine.append(QuarantineRecord(self.listing.batch, url, "label_schema", "; ".join(map(str, issues))))
+            self.quarantine.append(
+                QuarantineRecord(self.listing.batch, url, "label_schema", "; ".join(map(str, issues)))
+            )
             return None
         return json.dumps(canonicalize_label(label), ensure_ascii=False)
 
@@ -144,7 +194,9 @@ class _BatchIngest:
         present = set(self.listing.sizes)
         for rel in sorted(self.listing.manifest or {}):
             if not any(url.endswith("/" + rel) for url in present):
-                self.quarantine.append(QuarantineRecord(self.listing.batch, rel, "manifest", "listed in _MANIFEST.json but missing"))
+                self.quarantine.append(
+                    QuarantineRecord(self.listing.batch, rel, "manifest", "listed in _MANIFEST.json but missing")
+                )
 
 
 def ingest_batch(
@@ -164,6 +216,8 @@ def ingest_batch(
         run.video(clip_id, url)
     for clip_id, url in sorted(listing.labels.items()):
         if clip_id not in listing.videos:
-            run.quarantine.append(QuarantineRecord(listing.batch, url, "orphan_label", f"no video {clip_id} in videos/"))
+            run.quarantine.append(
+                QuarantineRecord(listing.batch, url, "orphan_label", f"no video {clip_id} in videos/")
+            )
     run.missing_from_manifest()
     return run.clips, run.quarantine

@@ -3,8 +3,9 @@
 Work per tick is bounded and independent of how much footage is already ingested: one shallow
 listing of batch folder names and a marker check for each batch not seen yet. Ticks that find
 nothing new spend their budget on a round-robin re-check of at most `recheck` seen batches,
-one marker request each (a re-upload announces itself by re-writing its marker). A batch is launched under its content fingerprint, so an identical re-upload is a no-op
-and a changed one is reprocessed. The state is plain JSON: it lives in the sensor cursor.
+one marker request each (a re-upload announces itself by re-writing its marker). A batch is
+launched under its content fingerprint, so an identical re-upload is a no-op and a changed one
+is reprocessed. The state is plain JSON: it lives in the sensor cursor.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ class TickPlan:
     def summary(self) -> str:
         parts = [f"{len(self.state.get('seen', {}))} batches known"]
         if self.waiting:
-            parts.append(f"{len(self.waiting)} waiting for a _READY or _MANIFEST.json marker ({', '.join(self.waiting[:5])})")
+            parts.append(
+                f"{len(self.waiting)} waiting for a _READY or _MANIFEST.json marker ({', '.join(self.waiting[:5])})"
+            )
         if self.same_content_reuploads:
             parts.append(f"{len(self.same_content_reuploads)} re-uploaded with identical content")
         if self.deferred:

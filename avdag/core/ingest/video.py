@@ -186,9 +186,7 @@ def smart_resize(
 
 def _effective_max_pixels(max_pixels: float, min_pixels: int, nframes: int) -> float:
     """The element's max_pixels, capped by the per-frame and whole-video budgets of fetch_video."""
-    budget = max(
-        min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / nframes * FRAME_FACTOR), int(min_pixels * 1.05)
-    )
+    budget = max(min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / nframes * FRAME_FACTOR), int(min_pixels * 1.05))
     return min(max_pixels, budget)
 
 
@@ -381,9 +379,7 @@ def _resize_target(path: Path, resize: _ResizeRule, frame: av.VideoFrame) -> tup
         raise VideoError(path, f"unsupported frame size {frame.width}x{frame.height}: {error}") from error
 
 
-def _decode_wanted(
-    path: Path, wanted: list[int], resize: _ResizeRule
-) -> tuple[list[torch.Tensor], int]:
+def _decode_wanted(path: Path, wanted: list[int], resize: _ResizeRule) -> tuple[list[torch.Tensor], int]:
     """Decode sequentially, keeping only ``wanted`` indices; returns (kept frames, frames decoded)."""
     kept: list[torch.Tensor] = []
     position = 0  # next slot of `wanted` to fill (sorted, may repeat)

@@ -22,9 +22,9 @@ from typing import Any
 import openai
 
 from avdag.core.judging.batch_api_ledger import BatchApiLedger, BatchApiPart, BatchApiSubmission, submission_key
-from avdag.core.judging.verdict_cache import judge_cache_key, judge_cache_scope
-from avdag.core.judging.judges import JudgeVerdict, judge_request_body, verdict_from_reply
 from avdag.core.judging.items import JudgeItem
+from avdag.core.judging.judges import JudgeVerdict, judge_request_body, verdict_from_reply
+from avdag.core.judging.verdict_cache import judge_cache_key, judge_cache_scope
 
 BATCH_ENDPOINT = "/v1/chat/completions"
 COMPLETION_WINDOW = "24h"
@@ -121,7 +121,9 @@ class OpenAIBatchJudge:
         if not self.tracker.refresh(submission).ended:
             raise BatchApiPending(submission, submitted_now=False)
         verdicts = self._collect(submission)
-        if submission.requested_by == self.requested_by:  # another asset's run reading a shared batch leaves it to its owner
+        if (
+            submission.requested_by == self.requested_by
+        ):  # another asset's run reading a shared batch leaves it to its owner
             submission.collected_at = time.time()
             self.ledger.save(submission)
         return [verdicts[key] for key in keys]
@@ -150,7 +152,9 @@ class OpenAIBatchJudge:
         chunks: list[list[bytes]] = [[]]
         size = 0
         for line in lines:
-            if chunks[-1] and (len(chunks[-1]) >= self.max_requests_per_batch or size + len(line) > MAX_BYTES_PER_BATCH):
+            if chunks[-1] and (
+                len(chunks[-1]) >= self.max_requests_per_batch or size + len(line) > MAX_BYTES_PER_BATCH
+            ):
                 chunks.append([])
                 size = 0
             chunks[-1].append(line)
@@ -158,12 +162,19 @@ class OpenAIBatchJudge:
         return chunks
 
     def _create_batch(self, request_key: str, index: int, parts: int, lines: list[bytes]) -> Any:
-        upload = self.client.files.create(file=(f"avdag-judge-{request_key[:12]}-{index + 1}.jsonl", b"".join(lines)),
-                                          purpose="batch")
+        upload = self.client.files.create(
+            file=(f"avdag-judge-{request_key[:12]}-{index + 1}.jsonl", b"".join(lines)), purpose="batch"
+        )
         return self.client.batches.create(
-            input_file_id=upload.id, endpoint=BATCH_ENDPOINT, completion_window=COMPLETION_WINDOW,
-            metadata={"avdag_request_key": request_key, "avdag_part": str(index), "avdag_parts": str(parts),
-                      **{f"avdag_{name}": str(value)[:500] for name, value in self.requested_by.items()}},
+            input_file_id=upload.id,
+            endpoint=BATCH_ENDPOINT,
+            completion_window=COMPLETION_WINDOW,
+            metadata={
+                "avdag_request_key": request_key,
+                "avdag_part": str(index),
+                "avdag_parts": str(parts),
+                **{f"avdag_{name}": str(value)[:500] for name, value in self.requested_by.items()},
+            },
         )
 
     def _batches_already_created(self, request_key: str) -> dict[int, Any]:
@@ -191,7 +202,8 @@ class OpenAIBatchJudge:
             fate = f"batch {part.batch_id} {part.status}" + (f": {part.errors}" if part.errors else "")
             for custom_id in submission.custom_ids[start : start + part.requests]:
                 verdicts[custom_id] = found.get(custom_id) or JudgeVerdict(
-                    score=None, reply="", error=f"no result for this request ({fate})")
+                    score=None, reply="", error=f"no result for this request ({fate})"
+                )
             start += part.requests
         return verdicts
 
@@ -225,17 +237,27 @@ def _result_verdict(result: dict[str, Any]) -> JudgeVerdict:
     response = result.get("response") or {}
     error = result.get("error")
     if error:
-        return JudgeVerdict(score=None, reply="", error=f"batch request failed: {error.get('code')}: {error.get('message')}",
-                            attempts=1 if response else 0)
+        return JudgeVerdict(
+            score=None,
+            reply="",
+            error=f"batch request failed: {error.get('code')}: {error.get('message')}",
+            attempts=1 if response else 0,
+        )
     status = response.get("status_code")
     body = response.get("body")
     if status != 200:
         message = body.get("error", {}).get("message") if isinstance(body, dict) else body
-        return JudgeVerdict(score=None, reply="", error=f"HTTP {status} in batch after 1 attempt: {message}", attempts=1)
+        return JudgeVerdict(
+            score=None, reply="", error=f"HTTP {status} in batch after 1 attempt: {message}", attempts=1
+        )
     try:
         reply = body["choices"][0]["message"]["content"] or ""
         usage = body.get("usage") or {}
     except (TypeError, KeyError, IndexError, AttributeError):
         return JudgeVerdict(score=None, reply="", error=f"malformed reply in batch: {str(body)[:200]}", attempts=1)
-    return verdict_from_reply(reply, attempts=1, prompt_tokens=usage.get("prompt_tokens", 0),
-                              completion_tokens=usage.get("completion_tokens", 0))
+    return verdict_from_reply(
+        reply,
+        attempts=1,
+        prompt_tokens=usage.get("prompt_tokens", 0),
+        completion_tokens=usage.get("completion_tokens", 0),
+    )

@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from avdag.core.judging.judges import JudgeVerdict, canonical_multiple_choice
 from avdag.core.common.labels import MULTIPLE_CHOICE_FIELDS, normalize_text
 from avdag.core.judging.items import JudgeItem
+from avdag.core.judging.judges import JudgeVerdict, canonical_multiple_choice
 
 FIELD_COLUMNS = ("field", "self_mean", "other_mean", "gap", "n_self", "n_other")
 # On the 1-5 rubric: a perfect answer should score at least 4, and 2 points above a wrong one.
@@ -77,7 +77,11 @@ def calibration_items(
             partners = [o for o in ids if field in labels[o] and answer_key(field, labels[o][field]) != own]
             if partners:
                 partner = random.Random(f"{seed}:{clip_id}:{field}").choice(partners)
-                items.append(CalibrationItem("other", clip_id, partner, JudgeItem(field, question, human, labels[partner][field])))
+                items.append(
+                    CalibrationItem(
+                        "other", clip_id, partner, JudgeItem(field, question, human, labels[partner][field])
+                    )
+                )
     return items
 
 
@@ -104,7 +108,11 @@ def _mean(scores: list[int]) -> float:
 
 
 def summarize_calibration(
-    items: list[CalibrationItem], verdicts: list[JudgeVerdict], *, min_gap: float = MIN_GAP, min_self_mean: float = MIN_SELF_MEAN
+    items: list[CalibrationItem],
+    verdicts: list[JudgeVerdict],
+    *,
+    min_gap: float = MIN_GAP,
+    min_self_mean: float = MIN_SELF_MEAN,
 ) -> CalibrationReport:
     """Means, gap and pass/fail: self mean >= min_self_mean and gap >= min_gap, over scored items of both kinds."""
     if len(items) != len(verdicts):
@@ -117,24 +125,42 @@ def summarize_calibration(
     by_field = pd.DataFrame([_field_row(field, scored) for field in fields], columns=list(FIELD_COLUMNS))
     has_other = {c.item.field for c in items if c.kind == "other"}
     problems = _problems(len(items), len(scored), scores, self_mean, gap, min_gap, min_self_mean)
-    reason = "; ".join(problems) if problems else (
-        f"self {self_mean:.2f} vs other {other_mean:.2f}: gap {gap:.2f} >= {min_gap}, self mean >= {min_self_mean}"
+    reason = (
+        "; ".join(problems)
+        if problems
+        else (
+            f"self {self_mean:.2f} vs other {other_mean:.2f}: gap {gap:.2f} >= {min_gap}, self mean >= {min_self_mean}"
+        )
     )
     return CalibrationReport(
-        self_mean=self_mean, other_mean=other_mean, gap=gap,
-        n_self=len(scores["self"]), n_other=len(scores["other"]), failed=len(items) - len(scored),
+        self_mean=self_mean,
+        other_mean=other_mean,
+        gap=gap,
+        n_self=len(scores["self"]),
+        n_other=len(scores["other"]),
+        failed=len(items) - len(scored),
         sampled_clips=len({c.clip_id for c in items}),
         skipped_fields=tuple(field for field in fields if field not in has_other),
-        weak_fields=tuple(row.field for row in by_field.itertuples() if row.n_self and row.n_other and row.gap < min_gap),
-        by_field=by_field, passed=not problems, reason=reason,
+        weak_fields=tuple(
+            row.field for row in by_field.itertuples() if row.n_self and row.n_other and row.gap < min_gap
+        ),
+        by_field=by_field,
+        passed=not problems,
+        reason=reason,
     )
 
 
 def _field_row(field: str, scored: list[tuple[CalibrationItem, int]]) -> dict[str, Any]:
     own = [s for c, s in scored if c.item.field == field and c.kind == "self"]
     other = [s for c, s in scored if c.item.field == field and c.kind == "other"]
-    return {"field": field, "self_mean": _mean(own), "other_mean": _mean(other),
-            "gap": _mean(own) - _mean(other), "n_self": len(own), "n_other": len(other)}
+    return {
+        "field": field,
+        "self_mean": _mean(own),
+        "other_mean": _mean(other),
+        "gap": _mean(own) - _mean(other),
+        "n_self": len(own),
+        "n_other": len(other),
+    }
 
 
 def _problems(n_items, n_scored, scores, self_mean, gap, min_gap, min_self_mean) -> list[str]:
@@ -145,7 +171,9 @@ def _problems(n_items, n_scored, scores, self_mean, gap, min_gap, min_self_mean)
         return [f"nothing could be scored: all {n_items} judge verdicts failed"]
     problems = [f"no scored {kind} items" for kind in ("self", "other") if not scores[kind]]
     if scores["self"] and self_mean < min_self_mean:
-        problems.append(f"self mean {self_mean:.2f} < {min_self_mean}: the judge does not give a perfect answer a high score")
+        problems.append(
+            f"self mean {self_mean:.2f} < {min_self_mean}: the judge does not give a perfect answer a high score"
+        )
     if scores["self"] and scores["other"] and gap < min_gap:
         problems.append(f"gap {gap:.2f} < {min_gap}: the judge cannot tell a perfect answer from another clip's")
     return problems

@@ -121,10 +121,7 @@ def summarize_scores(rows: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame({column: [] for column in SUMMARY_COLUMNS})
     scores = pd.to_numeric(rows["score"], errors="coerce")
-    summaries = [
-        _summarize_field(field, scores[rows["field"] == field])
-        for field in pd.unique(rows["field"])
-    ]
+    summaries = [_summarize_field(field, scores[rows["field"] == field]) for field in pd.unique(rows["field"])]
     return pd.DataFrame(summaries, columns=list(SUMMARY_COLUMNS))
 
 

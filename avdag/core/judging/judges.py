@@ -19,7 +19,6 @@ from typing import Any, Protocol
 import openai
 
 from avdag.core.common.http_retry import failure_text, is_retryable, wait_before_retry
-from avdag.core.judging.verdict_cache import judge_cache_scope
 from avdag.core.common.labels import (
     BOOLEAN_FIELDS,
     CATEGORICAL_FIELDS,
@@ -30,6 +29,7 @@ from avdag.core.common.labels import (
     normalize_text,
 )
 from avdag.core.judging.items import JudgeItem, format_judge_prompt, parse_judge_score
+from avdag.core.judging.verdict_cache import judge_cache_scope
 
 
 @dataclass(frozen=True)
@@ -181,12 +181,17 @@ def judge_request_body(model: str, system_prompt: str, user_template: str, item:
         "model": model,
         "messages": [
             {"role": "system", "content": system_prompt},
-            {"role": "user", "content": format_judge_prompt(user_template, item.question, item.human_answer, item.model_answer)},
+            {
+                "role": "user",
+                "content": format_judge_prompt(user_template, item.question, item.human_answer, item.model_answer),
+            },
         ],
     }
 
 
-def verdict_from_reply(reply: str, *, attempts: int, prompt_tokens: int = 0, completion_tokens: int = 0) -> JudgeVerdict:
+def verdict_from_reply(
+    reply: str, *, attempts: int, prompt_tokens: int = 0, completion_tokens: int = 0
+) -> JudgeVerdict:
     """The verdict a chat reply gives: its parsed score, or an error when the reply is empty."""
     tokens = dict(attempts=attempts, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
     if not reply:

@@ -15,20 +15,40 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
-from avdag.core.judging.verdict_cache import JudgeCache, judge_cache_key
-from avdag.core.judging.judges import Judge, JudgeVerdict
 from avdag.core.judging.items import JudgeItem, plan_judge_items, tagged_answer
+from avdag.core.judging.judges import Judge, JudgeVerdict
+from avdag.core.judging.verdict_cache import JudgeCache, judge_cache_key
 
 SCORE_COLUMNS = (
-    "clip_id", "batch", "clip_sha256", "source_url", "caption_source", "model_path", "model_hash",
-    "caption_prompt_hash", "generation", "caption_key", "field", "question", "human_answer",
-    "model_answer", "score", "judge_reply", "judge_error", "judge_id", "judge_prompt_hash",
-    "cached", "judge_attempts", "prompt_tokens", "completion_tokens",
+    "clip_id",
+    "batch",
+    "clip_sha256",
+    "source_url",
+    "caption_source",
+    "model_path",
+    "model_hash",
+    "caption_prompt_hash",
+    "generation",
+    "caption_key",
+    "field",
+    "question",
+    "human_answer",
+    "model_answer",
+    "score",
+    "judge_reply",
+    "judge_error",
+    "judge_id",
+    "judge_prompt_hash",
+    "cached",
+    "judge_attempts",
+    "prompt_tokens",
+    "completion_tokens",
 )
 # The tag parse_judge_score reads first; an integer in it outside 1-5 is "out of range".
 
@@ -56,7 +76,7 @@ class JudgeSpend:
 
 
 def reply_outcome(verdict: JudgeVerdict) -> str:
-    """"scored", "error", "out_of_range" (<answer>7</answer>) or "parse_failure" (no 1-5 score)."""
+    """ "scored", "error", "out_of_range" (<answer>7</answer>) or "parse_failure" (no 1-5 score)."""
     if verdict.error is not None:
         return "error"
     if verdict.score is not None:
@@ -130,17 +150,30 @@ def _clip_plan(clip, caption, prompts, judge: Judge) -> _ClipPlan:
     answer = json.loads(caption.parsed_json) if isinstance(caption.parsed_json, str) else None
     items, skipped = plan_judge_items(label, answer, prompts.questions)
     lineage = {
-        "clip_id": clip.clip_id, "batch": clip.batch, "clip_sha256": clip.sha256, "source_url": clip.source_url,
-        "caption_source": caption.caption_source, "model_path": caption.model_path, "model_hash": caption.model_hash,
-        "caption_prompt_hash": caption.prompt_hash, "generation": caption.generation, "caption_key": caption.caption_key,
-        "judge_id": judge.judge_id, "judge_prompt_hash": prompts.judge_hash,
+        "clip_id": clip.clip_id,
+        "batch": clip.batch,
+        "clip_sha256": clip.sha256,
+        "source_url": clip.source_url,
+        "caption_source": caption.caption_source,
+        "model_path": caption.model_path,
+        "model_hash": caption.model_hash,
+        "caption_prompt_hash": caption.prompt_hash,
+        "generation": caption.generation,
+        "caption_key": caption.caption_key,
+        "judge_id": judge.judge_id,
+        "judge_prompt_hash": prompts.judge_hash,
     }
     return _ClipPlan(lineage, label, answer, items, skipped)
 
 
 def score_captions(
-    judge: Judge, prompts, eval_clips: pd.DataFrame, captions: pd.DataFrame, *,
-    cache: JudgeCache | None = None, log: Callable[[str], None] = print,
+    judge: Judge,
+    prompts,
+    eval_clips: pd.DataFrame,
+    captions: pd.DataFrame,
+    *,
+    cache: JudgeCache | None = None,
+    log: Callable[[str], None] = print,
 ) -> tuple[pd.DataFrame, JudgeSpend]:
     """Score every eval clip's caption against its human label, question by question; (rows, spend)."""
     by_clip = captions.set_index("clip_id")
@@ -158,8 +191,10 @@ def score_captions(
         for field, question in prompts.questions.items():
             rows.append({**plan.lineage, **_row(field, question, plan, by_field.get(field))})
     spend = spend_of(judged_in_order)
-    log(f"judged {spend.items} items of {len(plans)} clips in {time.perf_counter() - started:.1f}s: "
-        f"{spend.calls} calls, {spend.cache_hits} cache hits, {spend.failures} failures")
+    log(
+        f"judged {spend.items} items of {len(plans)} clips in {time.perf_counter() - started:.1f}s: "
+        f"{spend.calls} calls, {spend.cache_hits} cache hits, {spend.failures} failures"
+    )
     frame = pd.DataFrame(rows, columns=SCORE_COLUMNS)
     frame["score"] = frame["score"].astype("Int64")
     return frame, spend

@@ -82,4 +82,3 @@ class JudgeCache:
     def __len__(self) -> int:
         with closing(self._connect()) as db:
             return db.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0]
-

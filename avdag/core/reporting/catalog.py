@@ -21,8 +21,9 @@ import json
 import math
 import re
 import shlex
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -65,8 +66,10 @@ _METADATA_COLUMNS: dict[str, tuple[str, str]] = {
     "answer_source": ("VARCHAR", "text"),
 }
 _ANSWER_COLUMNS: dict[str, tuple[str, str]] = {
-    field: ("VARCHAR[]", "list") if field == "interactive_expanded_metaaction"
-    else ("INTEGER", "number") if field == "driving_difficulty"
+    field: ("VARCHAR[]", "list")
+    if field == "interactive_expanded_metaaction"
+    else ("INTEGER", "number")
+    if field == "driving_difficulty"
     else ("VARCHAR", "text")
     for field in FIELDS
 }
@@ -79,13 +82,32 @@ _SEARCH_TEXT = "search_text"
 COLUMNS: dict[str, tuple[str, str]] = {**_METADATA_COLUMNS, **_ANSWER_COLUMNS, **_FLAG_COLUMNS}
 
 DEFAULT_SEARCH_COLUMNS = (
-    "clip_id", "batch", "split", "answer_source", "weather", "lighting", "road_type", "driving_difficulty",
-    "has_pedestrians", "is_interesting", "duration_s", "source_url",
+    "clip_id",
+    "batch",
+    "split",
+    "answer_source",
+    "weather",
+    "lighting",
+    "road_type",
+    "driving_difficulty",
+    "has_pedestrians",
+    "is_interesting",
+    "duration_s",
+    "source_url",
 )
 # Answer text a bare search word looks in.
 SEARCH_TEXT_FIELDS = (
-    "weather", "lighting", "road_conditions", "traffic_light", "traffic_sign", "additional_traffic_rules",
-    "road_type", "junction_type", "lane_type", "additional_map_rules", "interactive_expanded_metaaction",
+    "weather",
+    "lighting",
+    "road_conditions",
+    "traffic_light",
+    "traffic_sign",
+    "additional_traffic_rules",
+    "road_type",
+    "junction_type",
+    "lane_type",
+    "additional_map_rules",
+    "interactive_expanded_metaaction",
     "safety_analysis",
 )
 FIELD_ALIASES = {"metaaction": "interactive_expanded_metaaction", "difficulty": "driving_difficulty"}
@@ -117,7 +139,9 @@ class CatalogQueryError(ValueError):
 # ----------------------------------------------------------------------------- build
 
 
-def build_catalog(db_path: str | Path, clips: pd.DataFrame, splits: pd.DataFrame, captions: pd.DataFrame) -> dict[str, int]:
+def build_catalog(
+    db_path: str | Path, clips: pd.DataFrame, splits: pd.DataFrame, captions: pd.DataFrame
+) -> dict[str, int]:
     """Write the catalog atomically and return its counts.
 
     Built in a temp file beside `db_path` and renamed over it only when complete, so a reader
@@ -137,8 +161,9 @@ def build_catalog(db_path: str | Path, clips: pd.DataFrame, splits: pd.DataFrame
 def catalog_rows(clips: pd.DataFrame, splits: pd.DataFrame, captions: pd.DataFrame) -> pd.DataFrame:
     """One row per clip_id with every catalog column (the table's content, before typing)."""
     split_rows = _by_clip(_records(splits, ("clip_id", "sha256", "split"), "splits"))
-    caption_rows = _by_clip(_records(
-        captions, ("clip_id", "batch", "clip_sha256", "caption_source", "raw_text", "parsed_json"), "captions"))
+    caption_rows = _by_clip(
+        _records(captions, ("clip_id", "batch", "clip_sha256", "caption_source", "raw_text", "parsed_json"), "captions")
+    )
     rows = []
     for clip, batches in latest_clips(_records(clips, ("clip_id", "batch", "sha256", "label_json"), "clips")):
         split = _pick_split(clip, split_rows.get(clip["clip_id"], []))
@@ -198,7 +223,8 @@ def _pick_split(clip: dict[str, Any], splits: list[dict[str, Any]]) -> str | Non
     labelled = clip.get("label_json") is not None
     candidates = [
         (r.get("batch") == clip["batch"], (r["split"] != "unlabelled") == labelled, i, r["split"])
-        for i, r in enumerate(splits) if _same_or_unknown(r.get("sha256"), clip.get("sha256"))
+        for i, r in enumerate(splits)
+        if _same_or_unknown(r.get("sha256"), clip.get("sha256"))
     ]
     return max(candidates)[-1] if candidates else None
 
@@ -206,7 +232,8 @@ def _pick_split(clip: dict[str, Any], splits: list[dict[str, Any]]) -> str | Non
 def _pick_caption(clip: dict[str, Any], source: str, captions: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The clip's caption of this source from the latest batch; captions of another video (sha differs) are stale."""
     candidates = [
-        (str(r.get("batch")), i, r) for i, r in enumerate(captions)
+        (str(r.get("batch")), i, r)
+        for i, r in enumerate(captions)
         if r["caption_source"] == source and _same_or_unknown(r.get("clip_sha256"), clip.get("sha256"))
     ]
     return max(candidates, key=lambda c: c[:2])[2] if candidates else None
@@ -216,14 +243,30 @@ def _same_or_unknown(a: str | None, b: str | None) -> bool:
     return a is None or b is None or a == b
 
 
-def _catalog_row(clip: dict[str, Any], batches: list[str], split: str | None,
-                 captions: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+def _catalog_row(
+    clip: dict[str, Any], batches: list[str], split: str | None, captions: dict[str, dict[str, Any] | None]
+) -> dict[str, Any]:
     baseline, finetuned = captions["baseline"], captions["finetuned"]
-    source, answer = best_answer(clip.get("label_json"), _field(finetuned, "parsed_json"), _field(baseline, "parsed_json"))
+    source, answer = best_answer(
+        clip.get("label_json"), _field(finetuned, "parsed_json"), _field(baseline, "parsed_json")
+    )
     flat = flatten_answer(answer)
     return {
-        **{name: clip.get(name) for name in ("clip_id", "batch", "source_url", "duration_s", "fps", "width",
-                                             "height", "codec", "size_bytes", "sha256")},
+        **{
+            name: clip.get(name)
+            for name in (
+                "clip_id",
+                "batch",
+                "source_url",
+                "duration_s",
+                "fps",
+                "width",
+                "height",
+                "codec",
+                "size_bytes",
+                "sha256",
+            )
+        },
         "batches": batches,
         "split": split,
         "human_label": clip.get("label_json"),
@@ -243,7 +286,9 @@ def _field(row: dict[str, Any] | None, name: str) -> Any:
     return None if row is None else row.get(name)
 
 
-def best_answer(human: str | None, finetuned: str | None, baseline: str | None) -> tuple[str | None, dict[str, Any] | None]:
+def best_answer(
+    human: str | None, finetuned: str | None, baseline: str | None
+) -> tuple[str | None, dict[str, Any] | None]:
     """(source, answer) by trust: a person's label beats the fine-tuned model beats the baseline."""
     for source, text in (("human", human), ("finetuned", finetuned), ("baseline", baseline)):
         answer = _json_object(text)
@@ -466,7 +511,7 @@ def _term_condition(token: str) -> tuple[str, list[Any]]:
 def _strip_negation(token: str) -> tuple[bool, str]:
     for prefix in ("not:", "-"):
         if token.lower().startswith(prefix) and len(token) > len(prefix):
-            return True, token[len(prefix):]
+            return True, token[len(prefix) :]
     return False, token
 
 
@@ -535,11 +580,17 @@ def catalog_markdown(db_path: str | Path, *, limit: int = 15) -> str:
         breakdowns = [_breakdown(conn, column) for column in ("split", "weather", "lighting")]
         sample = conn.execute(
             f"SELECT clip_id, batch, split, answer_source, weather, lighting, road_type, driving_difficulty "
-            f"FROM {TABLE} ORDER BY batch, clip_id LIMIT ?", [limit]
+            f"FROM {TABLE} ORDER BY batch, clip_id LIMIT ?",
+            [limit],
         ).fetchall()
     head = " · ".join(f"{key.replace('_', ' ')}: **{value}**" for key, value in counts.items())
     sample_header = ["clip_id", "batch", "split", "answer_source", "weather", "lighting", "road_type", "difficulty"]
-    parts = [head, *breakdowns, f"First {len(sample)} of {counts['clips']} clips:", _markdown_table(sample_header, sample)]
+    parts = [
+        head,
+        *breakdowns,
+        f"First {len(sample)} of {counts['clips']} clips:",
+        _markdown_table(sample_header, sample),
+    ]
     return "\n\n".join(parts) + "\n"
 
 

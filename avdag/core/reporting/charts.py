@@ -65,12 +65,21 @@ def comparison_chart(table: pd.DataFrame, title: str) -> ComparisonChart:
             for bar, unmarked in zip(bars, not_significant):
                 bar.set_hatch("//" if unmarked else None)
         _error_bars(ax, xs, means, table[f"{source}_strict_low"], table[f"{source}_strict_high"])
-        ax.scatter(xs, table[f"{source}_mean_score"], marker="_", s=220, color="black", zorder=3,
-                   label="mean over scored answers" if source == "finetuned" else None)
+        ax.scatter(
+            xs,
+            table[f"{source}_mean_score"],
+            marker="_",
+            s=220,
+            color="black",
+            zorder=3,
+            label="mean over scored answers" if source == "finetuned" else None,
+        )
     ax.set_xticks(x)
     labels = ax.set_xticklabels(
         [f"{field} ({NOT_SIGNIFICANT})" if flag else field for field, flag in zip(fields, not_significant)],
-        rotation=40, ha="right", fontsize=8,
+        rotation=40,
+        ha="right",
+        fontsize=8,
     )
     for label, flag in zip(labels, not_significant):
         label.set_color("grey" if flag else "black")
@@ -81,8 +90,11 @@ def comparison_chart(table: pd.DataFrame, title: str) -> ComparisonChart:
     ax.legend(fontsize=8, loc="upper center", ncol=3)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    marked = [label.get_text().removesuffix(f" ({NOT_SIGNIFICANT})") for label in ax.get_xticklabels()
-              if label.get_text().endswith(f"({NOT_SIGNIFICANT})")]
+    marked = [
+        label.get_text().removesuffix(f" ({NOT_SIGNIFICANT})")
+        for label in ax.get_xticklabels()
+        if label.get_text().endswith(f"({NOT_SIGNIFICANT})")
+    ]
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
@@ -93,9 +105,16 @@ def _error_bars(ax, xs: np.ndarray, means: np.ndarray, low: pd.Series, high: pd.
     """Asymmetric error bars where an interval exists (it needs two clips)."""
     low, high = low.to_numpy(dtype=float), high.to_numpy(dtype=float)
     has_interval = ~np.isnan(low)
-    ax.errorbar(xs[has_interval], means[has_interval],
-                yerr=[means[has_interval] - low[has_interval], high[has_interval] - means[has_interval]],
-                fmt="none", ecolor="black", elinewidth=1, capsize=3, zorder=4)
+    ax.errorbar(
+        xs[has_interval],
+        means[has_interval],
+        yerr=[means[has_interval] - low[has_interval], high[has_interval] - means[has_interval]],
+        fmt="none",
+        ecolor="black",
+        elinewidth=1,
+        capsize=3,
+        zorder=4,
+    )
 
 
 def table_as_markdown(table: pd.DataFrame) -> str:

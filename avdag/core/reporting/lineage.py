@@ -36,23 +36,57 @@ def score_lineage(assets_dir: Path, clip_id: str, question: str, source: Caption
         raise LineageError(f"source must be one of {SOURCES}, got {source!r}")
     scores = _rows(assets_dir / f"{source}_judge_scores", "clip_id", clip_id)
     if scores.empty:
-        raise LineageError(f"no {source} score for clip {clip_id!r}: it is not an eval clip, or its batch has not been scored")
+        raise LineageError(
+            f"no {source} score for clip {clip_id!r}: it is not an eval clip, or its batch has not been scored"
+        )
     score = _pick_question(scores, question)
     batch = score["batch"]
     lineage = Lineage(clip_id, score["field"], source)
-    lineage.sections["upload"] = _one(assets_dir / "raw_clips" / f"{batch}.parquet", clip_id,
-                                      ["batch", "source_url", "sha256", "duration_s", "width", "height", "fps", "codec", "size_bytes"])
+    lineage.sections["upload"] = _one(
+        assets_dir / "raw_clips" / f"{batch}.parquet",
+        clip_id,
+        ["batch", "source_url", "sha256", "duration_s", "width", "height", "fps", "codec", "size_bytes"],
+    )
     lineage.sections["split"] = _one(assets_dir / "clip_splits" / f"{batch}.parquet", clip_id, ["split"])
-    caption = _one(assets_dir / f"{source}_captions" / f"{batch}.parquet", clip_id,
-                   ["caption_source", "model_path", "model_hash", "prompt_hash", "generation", "caption_key",
-                    "caption_run_id", "cached", "caption_error", "parse_error", "field_status", "raw_text"])
-    caption["field_status"] = json.loads(caption["field_status"]).get(score["field"]) if caption.get("field_status") else None
+    caption = _one(
+        assets_dir / f"{source}_captions" / f"{batch}.parquet",
+        clip_id,
+        [
+            "caption_source",
+            "model_path",
+            "model_hash",
+            "prompt_hash",
+            "generation",
+            "caption_key",
+            "caption_run_id",
+            "cached",
+            "caption_error",
+            "parse_error",
+            "field_status",
+            "raw_text",
+        ],
+    )
+    caption["field_status"] = (
+        json.loads(caption["field_status"]).get(score["field"]) if caption.get("field_status") else None
+    )
     lineage.sections["caption"] = caption
     if source == "finetuned":
         lineage.sections["checkpoint"] = _checkpoint(assets_dir / "sft_checkpoint.json")
-    lineage.sections["score"] = {k: score.get(k) for k in (
-        "field", "question", "human_answer", "model_answer", "score", "judge_error", "judge_id", "judge_prompt_hash",
-        "judge_reply", "score_run_id")}
+    lineage.sections["score"] = {
+        k: score.get(k)
+        for k in (
+            "field",
+            "question",
+            "human_answer",
+            "model_answer",
+            "score",
+            "judge_error",
+            "judge_id",
+            "judge_prompt_hash",
+            "judge_reply",
+            "score_run_id",
+        )
+    }
     return lineage
 
 

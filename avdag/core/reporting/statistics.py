@@ -32,9 +32,8 @@ import numpy as np
 import pandas as pd
 
 from avdag.core.captioning.model import CaptionSource
-
-from avdag.core.judging.judges import canonical_multiple_choice
 from avdag.core.common.labels import MULTIPLE_CHOICE_FIELDS
+from avdag.core.judging.judges import canonical_multiple_choice
 
 SOURCES: tuple[CaptionSource, ...] = get_args(CaptionSource)
 CLIP_KEY = ["batch", "clip_id"]
@@ -85,12 +84,14 @@ def _one_question(
     strict = {source: clips[source]["score"].fillna(missing_as) for source in SOURCES}
     diffs = (strict["finetuned"].loc[paired] - strict["baseline"].loc[paired]).to_numpy()
     low, high = bootstrap_mean_interval(diffs, n_boot, rng)
-    row.update({
-        "diff": float(diffs.mean()) if len(diffs) else math.nan,
-        "diff_low": low,
-        "diff_high": high,
-        "significant": bool(low > 0 or high < 0),
-    })
+    row.update(
+        {
+            "diff": float(diffs.mean()) if len(diffs) else math.nan,
+            "diff_low": low,
+            "diff_high": high,
+            "significant": bool(low > 0 or high < 0),
+        }
+    )
     return row
 
 
@@ -177,14 +178,17 @@ def _graded_answers(rows: pd.DataFrame, field: str) -> pd.DataFrame:
     """Canonical human label and whether the model's answer equals it, for labelled clips."""
     subset = rows[rows["field"] == field]
     human = [canonical_multiple_choice(field, json.loads(h)) for h in subset["human_answer"]]
-    model = [canonical_multiple_choice(field, json.loads(m)) if isinstance(m, str) else None
-             for m in subset["model_answer"]]
-    graded = pd.DataFrame({
-        "batch": subset["batch"].to_numpy(),
-        "clip_id": subset["clip_id"].to_numpy(),
-        "label": pd.Series(human, dtype=object),
-        "correct": [m is not None and m == h for m, h in zip(model, human)],
-    })
+    model = [
+        canonical_multiple_choice(field, json.loads(m)) if isinstance(m, str) else None for m in subset["model_answer"]
+    ]
+    graded = pd.DataFrame(
+        {
+            "batch": subset["batch"].to_numpy(),
+            "clip_id": subset["clip_id"].to_numpy(),
+            "label": pd.Series(human, dtype=object),
+            "correct": [m is not None and m == h for m, h in zip(model, human)],
+        }
+    )
     return graded[graded["label"].notna()]
 
 

@@ -23,13 +23,14 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from avdag.core.common.atomic import atomic_directory
 from avdag.core.captioning.model import encode_conversation, load_model_and_processor
+from avdag.core.common.atomic import atomic_directory
 from avdag.core.common.model_identity import model_fingerprint
 
 IGNORE = -100
@@ -83,7 +84,12 @@ Progress = Callable[[dict[str, Any]], None]
 def encode_example(processor, example: SftExample, settings: SftSettings) -> dict[str, Any]:
     """Model inputs plus labels that are IGNORE everywhere but the assistant's reply."""
     full = encode_conversation(
-        processor, example.messages, example.video_path, fps=settings.fps, max_pixels=settings.max_pixels, add_generation_prompt=False
+        processor,
+        example.messages,
+        example.video_path,
+        fps=settings.fps,
+        max_pixels=settings.max_pixels,
+        add_generation_prompt=False,
     )
     prompt_text = processor.apply_chat_template(example.messages[:-1], tokenize=False, add_generation_prompt=True)
     full_text = processor.apply_chat_template(example.messages, tokenize=False)
@@ -195,7 +201,10 @@ def _add_lora(model, settings: SftSettings):
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
-        r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout, target_modules=LORA_TARGET_MODULES
+        r=settings.lora_rank,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=LORA_TARGET_MODULES,
     )
     return get_peft_model(model, config)
 
@@ -203,7 +212,12 @@ def _add_lora(model, settings: SftSettings):
 def _lora_record(settings: SftSettings) -> dict[str, Any] | None:
     if not settings.lora_rank:
         return None
-    return {"rank": settings.lora_rank, "alpha": settings.lora_alpha, "dropout": settings.lora_dropout, "target_modules": LORA_TARGET_MODULES}
+    return {
+        "rank": settings.lora_rank,
+        "alpha": settings.lora_alpha,
+        "dropout": settings.lora_dropout,
+        "target_modules": LORA_TARGET_MODULES,
+    }
 
 
 def _fp32_trainable_parameters(model) -> dict[str, Any]:
@@ -264,7 +278,9 @@ def _to_device(batch: dict[str, Any], device) -> dict[str, Any]:
 
 
 def _example_order(n: int, needed: int, seed: int) -> list[int]:
-    """Epoch-wise shuffles, concatenated until `needed` examples are drawn: step k's batch depends on seed and k only."""
+    """Epoch-wise shuffles, concatenated until `needed` examples are drawn.
+
+    Step k's examples depend on the seed and k only."""
     rng = random.Random(seed)
     order: list[int] = []
     while len(order) < needed:

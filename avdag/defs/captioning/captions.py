@@ -5,13 +5,13 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from avdag.core.captioning.caption_cache import caption_clips, field_failures
+from avdag.core.captioning.model import CaptionSource
+from avdag.core.common.labels import FIELD_COUNT
 from avdag.defs.pipeline.partitions import FOLLOW_NEW_CLIPS, clip_batches
 from avdag.defs.pipeline.pools import GPU_POOL
-from avdag.core.captioning.caption_cache import caption_clips, field_failures
 from avdag.resources.captioner import CaptionerResource
 from avdag.resources.storage import ArtifactStoreResource
-from avdag.core.common.labels import FIELD_COUNT
-from avdag.core.captioning.model import CaptionSource
 
 
 def _caption_metadata(frame: pd.DataFrame) -> dict[str, Any]:
@@ -29,25 +29,53 @@ def _caption_metadata(frame: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _run_captioning(context, captioner: CaptionerResource, artifacts: ArtifactStoreResource, model_path: str,
-                    raw_clips: pd.DataFrame, source: CaptionSource, **extra_metadata) -> dg.Output:
+def _run_captioning(
+    context,
+    captioner: CaptionerResource,
+    artifacts: ArtifactStoreResource,
+    model_path: str,
+    raw_clips: pd.DataFrame,
+    source: CaptionSource,
+    **extra_metadata,
+) -> dg.Output:
     engine = captioner.captioner(model_path)
-    frame = caption_clips(engine, raw_clips, captioner.prompts(), artifacts.path("cache", "captions"), source,
-                          log=context.log.info, run_id=context.run.run_id)
+    frame = caption_clips(
+        engine,
+        raw_clips,
+        captioner.prompts(),
+        artifacts.path("cache", "captions"),
+        source,
+        log=context.log.info,
+        run_id=context.run.run_id,
+    )
     return dg.Output(frame, metadata={**_caption_metadata(frame), **extra_metadata})
 
 
-@dg.asset(partitions_def=clip_batches, io_manager_key="parquet_io", automation_condition=FOLLOW_NEW_CLIPS, group_name="captions",
-          pool=GPU_POOL, kinds={"pytorch", "parquet"})
+@dg.asset(
+    partitions_def=clip_batches,
+    io_manager_key="parquet_io",
+    automation_condition=FOLLOW_NEW_CLIPS,
+    group_name="captions",
+    pool=GPU_POOL,
+    kinds={"pytorch", "parquet"},
+)
 def baseline_captions(
-    context: dg.AssetExecutionContext, raw_clips: pd.DataFrame, captioner: CaptionerResource, artifacts: ArtifactStoreResource
+    context: dg.AssetExecutionContext,
+    raw_clips: pd.DataFrame,
+    captioner: CaptionerResource,
+    artifacts: ArtifactStoreResource,
 ) -> dg.Output[pd.DataFrame]:
     """The base model answers the rubric for every clip of the batch (raw text and parsed JSON)."""
     return _run_captioning(context, captioner, artifacts, captioner.base_model_path(), raw_clips, "baseline")
 
 
-@dg.asset(partitions_def=clip_batches, io_manager_key="parquet_io", group_name="captions", pool=GPU_POOL,
-          kinds={"pytorch", "parquet"})
+@dg.asset(
+    partitions_def=clip_batches,
+    io_manager_key="parquet_io",
+    group_name="captions",
+    pool=GPU_POOL,
+    kinds={"pytorch", "parquet"},
+)
 def finetuned_captions(
     context: dg.AssetExecutionContext,
     raw_clips: pd.DataFrame,
@@ -56,5 +84,12 @@ def finetuned_captions(
     artifacts: ArtifactStoreResource,
 ) -> dg.Output[pd.DataFrame]:
     """The same captioner, loading the fine-tuned checkpoint."""
-    return _run_captioning(context, captioner, artifacts, sft_checkpoint["path"], raw_clips, "finetuned",
-                           checkpoint_id=dg.MetadataValue.text(sft_checkpoint["checkpoint_id"]))
+    return _run_captioning(
+        context,
+        captioner,
+        artifacts,
+        sft_checkpoint["path"],
+        raw_clips,
+        "finetuned",
+        checkpoint_id=dg.MetadataValue.text(sft_checkpoint["checkpoint_id"]),
+    )

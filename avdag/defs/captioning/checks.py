@@ -2,15 +2,16 @@
 
 import dagster as dg
 
-from avdag.resources.io_managers import concat_partitions
 from avdag.core.common.labels import FIELD_COUNT
+from avdag.resources.io_managers import concat_partitions
 
 
 def _captions_parse_check(asset_key: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=asset_key,
         name="captions_parse_with_all_fields",
-        description="Every caption (all batches) parses as a JSON object whose rubric fields all have valid types and values.",
+        description="Every caption (all batches) parses as a JSON object whose rubric fields all have valid "
+        "types and values.",
     )
     def _check(captions) -> dg.AssetCheckResult:
         captions = concat_partitions(captions)
@@ -23,7 +24,9 @@ def _captions_parse_check(asset_key: str) -> dg.AssetChecksDefinition:
                 "captions": len(captions),
                 "complete": int(complete.sum()),
                 "parse_failures": int(captions["parsed_json"].isna().sum()),
-                "failures": dg.MetadataValue.md(failures.head(20).to_markdown(index=False) if len(failures) else "none"),
+                "failures": dg.MetadataValue.md(
+                    failures.head(20).to_markdown(index=False) if len(failures) else "none"
+                ),
             },
         )
 

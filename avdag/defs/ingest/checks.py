@@ -16,7 +16,10 @@ def no_train_eval_leak(split_manifest: pd.DataFrame) -> dg.AssetCheckResult:
     found = leaks(split_manifest)
     return dg.AssetCheckResult(
         passed=not found,
-        metadata={"leaks": len(found), "examples": dg.MetadataValue.md("\n".join(f"- {x}" for x in found[:20]) or "none")},
+        metadata={
+            "leaks": len(found),
+            "examples": dg.MetadataValue.md("\n".join(f"- {x}" for x in found[:20]) or "none"),
+        },
     )
 
 

@@ -3,8 +3,8 @@
 import dagster as dg
 
 from avdag.core.ingest.upload_watch import plan_tick
-from avdag.defs.pipeline.partitions import clip_batches
 from avdag.defs.pipeline.jobs import batch_pipeline_job
+from avdag.defs.pipeline.partitions import clip_batches
 from avdag.resources.storage import LandingZoneResource
 
 MAX_BATCHES_PER_TICK = 5
@@ -23,8 +23,10 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, landing_zone: Landi
         return dg.SensorResult(skip_reason=f"nothing new: {plan.summary()}", cursor=plan.cursor())
     context.log.info(f"launching {[b for b, _ in plan.launch]}; {plan.summary()}")
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=b, run_key=f"{b}:{fp[:16]}", tags={"avdag/batch_fingerprint": fp})
-                      for b, fp in plan.launch],
+        run_requests=[
+            dg.RunRequest(partition_key=b, run_key=f"{b}:{fp[:16]}", tags={"avdag/batch_fingerprint": fp})
+            for b, fp in plan.launch
+        ],
         dynamic_partitions_requests=[clip_batches.build_add_request(plan.new_batches)] if plan.new_batches else [],
         cursor=plan.cursor(),
     )

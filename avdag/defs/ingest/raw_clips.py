@@ -4,8 +4,8 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from avdag.defs.pipeline.partitions import clip_batches
 from avdag.core.ingest.upload_batch import CLIP_COLUMNS, IngestLimits, QuarantineRecord, ingest_batch
+from avdag.defs.pipeline.partitions import clip_batches
 from avdag.resources.registry import ClipRegistryResource
 from avdag.resources.storage import ArtifactStoreResource, LandingZoneResource
 
@@ -26,13 +26,20 @@ class IngestConfig(dg.Config):
     def limits(self) -> IngestLimits:
         return IngestLimits(**self.model_dump())
 
+
 QUARANTINE_COLUMNS = list(QuarantineRecord.__dataclass_fields__)
 
 
 @dg.multi_asset(
     outs={
-        "raw_clips": dg.AssetOut(io_manager_key="parquet_io", kinds={"video", "parquet"}, description="One row per decodable clip: probe, hash, label."),
-        "clip_quarantine": dg.AssetOut(io_manager_key="parquet_io", kinds={"parquet"}, description="Every rejected file with the check and reason."),
+        "raw_clips": dg.AssetOut(
+            io_manager_key="parquet_io",
+            kinds={"video", "parquet"},
+            description="One row per decodable clip: probe, hash, label.",
+        ),
+        "clip_quarantine": dg.AssetOut(
+            io_manager_key="parquet_io", kinds={"parquet"}, description="Every rejected file with the check and reason."
+        ),
     },
     partitions_def=clip_batches,
     group_name="ingest",
@@ -51,7 +58,9 @@ def raw_clips(
         raise dg.Failure(f"batch {batch} in {zone.url} is not ready: it has no _READY or _MANIFEST.json marker yet")
     listing = zone.list_batch(batch)
     clips, quarantine = ingest_batch(
-        zone, listing, artifacts.path("cache", "landing"),
+        zone,
+        listing,
+        artifacts.path("cache", "landing"),
         progress=lambda i, n, cid: context.log.debug(f"probing {i}/{n} {cid}"),
         limits=config.limits(),
         registry=clip_registry.registry(),
@@ -76,6 +85,8 @@ def raw_clips(
         metadata={
             "quarantined": len(quarantine_df),
             **{f"quarantined_{check}": int(n) for check, n in quarantine_df["check"].value_counts().items()},
-            "preview": dg.MetadataValue.md(quarantine_df.to_markdown(index=False) if len(quarantine_df) else "nothing quarantined"),
+            "preview": dg.MetadataValue.md(
+                quarantine_df.to_markdown(index=False) if len(quarantine_df) else "nothing quarantined"
+            ),
         },
     )

@@ -4,8 +4,8 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from avdag.defs.pipeline.partitions import FOLLOW_NEW_CLIPS, clip_batches
 from avdag.core.ingest.splits import EVAL_FRACTION, assign_splits
+from avdag.defs.pipeline.partitions import FOLLOW_NEW_CLIPS, clip_batches
 from avdag.resources.io_managers import ALL_PARTITIONS
 
 
@@ -16,12 +16,19 @@ class SplitConfig(dg.Config):
     )
 
 
-@dg.asset(partitions_def=clip_batches, io_manager_key="parquet_io", automation_condition=FOLLOW_NEW_CLIPS, group_name="ingest",
-          kinds={"parquet"})
+@dg.asset(
+    partitions_def=clip_batches,
+    io_manager_key="parquet_io",
+    automation_condition=FOLLOW_NEW_CLIPS,
+    group_name="ingest",
+    kinds={"parquet"},
+)
 def clip_splits(config: SplitConfig, raw_clips: pd.DataFrame) -> dg.Output[pd.DataFrame]:
     """90/10 train/eval by a hash of the clip id; clips without a valid label are 'unlabelled'."""
     sides = assign_splits(list(zip(raw_clips["clip_id"], raw_clips["label_json"].notna())), config.eval_fraction)
-    frame = pd.DataFrame({"clip_id": raw_clips["clip_id"], "sha256": raw_clips["sha256"], "split": raw_clips["clip_id"].map(sides)})
+    frame = pd.DataFrame(
+        {"clip_id": raw_clips["clip_id"], "sha256": raw_clips["sha256"], "split": raw_clips["clip_id"].map(sides)}
+    )
     counts = frame["split"].value_counts()
     return dg.Output(frame, metadata={side: int(counts.get(side, 0)) for side in ("train", "eval", "unlabelled")})
 
@@ -35,6 +42,13 @@ def clip_splits(config: SplitConfig, raw_clips: pd.DataFrame) -> dg.Output[pd.Da
 def split_manifest(clip_splits: dict) -> dg.Output[pd.DataFrame]:
     """Every batch's splits in one table: what training and evaluation read, checked for leaks."""
     frames = [frame.assign(batch=batch) for batch, frame in sorted(clip_splits.items())]
-    manifest = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["clip_id", "sha256", "split", "batch"])
+    manifest = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["clip_id", "sha256", "split", "batch"])
+    )
     counts = manifest["split"].value_counts()
-    return dg.Output(manifest, metadata={"batches": len(frames), **{s: int(counts.get(s, 0)) for s in ("train", "eval", "unlabelled")}})
+    return dg.Output(
+        manifest,
+        metadata={"batches": len(frames), **{s: int(counts.get(s, 0)) for s in ("train", "eval", "unlabelled")}},
+    )

@@ -28,7 +28,10 @@ def batch_api_judge_sensor(context: dg.SensorEvaluationContext, judge: JudgeReso
     context.log.info(f"{len(ended)} judge batch submissions ended; still running: {waiting}")
     compare = [] if running else ["score_comparison"]
     return [
-        dg.RunRequest(run_key=run_key, partition_key=partition or None,
-                      asset_selection=[dg.AssetKey(name) for name in assets + compare])
+        dg.RunRequest(
+            run_key=run_key,
+            partition_key=partition or None,
+            asset_selection=[dg.AssetKey(name) for name in assets + compare],
+        )
         for partition, (assets, run_key) in runs_to_request(ended).items()
     ]

@@ -41,7 +41,9 @@ def _judge_calibration_check(asset_key: str) -> dg.AssetChecksDefinition:
                 "judge_cache_hits": spend.cache_hits,
                 "skipped_fields": dg.MetadataValue.text(", ".join(report.skipped_fields) or "none"),
                 "weak_fields": dg.MetadataValue.text(", ".join(report.weak_fields) or "none"),
-                "by_field": dg.MetadataValue.md(report.by_field.round(2).to_markdown(index=False) if items else "no items"),
+                "by_field": dg.MetadataValue.md(
+                    report.by_field.round(2).to_markdown(index=False) if items else "no items"
+                ),
                 "reason": dg.MetadataValue.text(report.reason),
             },
         )

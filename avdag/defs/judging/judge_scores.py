@@ -3,11 +3,11 @@
 import dagster as dg
 import pandas as pd
 
-from avdag.defs.pipeline.partitions import clip_batches
-from avdag.core.judging.score_captions import score_captions
+from avdag.core.captioning.model import CaptionSource
 from avdag.core.judging.batch_api import BatchApiPending
 from avdag.core.judging.items import summarize_scores
-from avdag.core.captioning.model import CaptionSource
+from avdag.core.judging.score_captions import score_captions
+from avdag.defs.pipeline.partitions import clip_batches
 from avdag.resources.captioner import CaptionerResource
 from avdag.resources.judge import JudgeResource
 
@@ -36,23 +36,34 @@ def build_judge_scores_asset(source: CaptionSource) -> dg.AssetsDefinition:
         prompts = captioner.prompts()
         eval_ids = set(clip_splits.loc[clip_splits["split"] == "eval", "clip_id"])
         eval_clips = raw_clips[raw_clips["clip_id"].isin(eval_ids)]
-        scorer = judge.build_scorer(prompts, {"asset": context.asset_key.to_user_string(), "partition": context.partition_key})
+        scorer = judge.build_scorer(
+            prompts, {"asset": context.asset_key.to_user_string(), "partition": context.partition_key}
+        )
         try:
-            frame, spend = score_captions(scorer, prompts, eval_clips, captions, cache=judge.cache(), log=context.log.info)
+            frame, spend = score_captions(
+                scorer, prompts, eval_clips, captions, cache=judge.cache(), log=context.log.info
+            )
         except BatchApiPending as pending:
             context.log.info(str(pending))
             context.log_event(_pending_observation(context, pending))
             return
         frame["score_run_id"] = context.run.run_id  # with caption_run_id, the runs behind every score
         summary = summarize_scores(frame)
-        yield dg.Output(frame, metadata={
-            **{f"judge_{name}": count for name, count in spend.as_dict().items()},
-            "eval_clips": len(eval_clips),
-            "scores": int(frame["score"].notna().sum()),
-            "judge_id": dg.MetadataValue.text(scorer.judge_id),
-            "mean_score": float(pd.to_numeric(frame["score"]).mean()) if frame["score"].notna().any() else float("nan"),
-            "summary": dg.MetadataValue.md(summary.round(3).to_markdown(index=False) if len(summary) else "no eval clips"),
-        })
+        yield dg.Output(
+            frame,
+            metadata={
+                **{f"judge_{name}": count for name, count in spend.as_dict().items()},
+                "eval_clips": len(eval_clips),
+                "scores": int(frame["score"].notna().sum()),
+                "judge_id": dg.MetadataValue.text(scorer.judge_id),
+                "mean_score": float(pd.to_numeric(frame["score"]).mean())
+                if frame["score"].notna().any()
+                else float("nan"),
+                "summary": dg.MetadataValue.md(
+                    summary.round(3).to_markdown(index=False) if len(summary) else "no eval clips"
+                ),
+            },
+        )
 
     return _judge_scores
 

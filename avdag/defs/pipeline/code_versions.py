@@ -1,8 +1,8 @@
 """Code versions of the model-driven assets, from what decides their output besides Python code.
 
 For an LLM pipeline the prompts, the model and the judge are code: changing any of them must mark
-the assets they feed as stale in the UI ("code version changed"). The versions are computed from the configured resources, the same objects
-the runs use, so they cannot disagree with what actually runs.
+the assets they feed as stale in the UI ("code version changed"). The versions are computed from
+the configured resources, the same objects the runs use, so they cannot disagree with what runs.
 """
 
 from __future__ import annotations
@@ -25,15 +25,21 @@ def _digest(*parts: Any) -> str:
 
 def _served_model(captioner) -> dict[str, Any]:
     """What a VLM server adds to a caption's identity (nothing for the local engine)."""
-    return {k: getattr(captioner, k) for k in ("served_model", "model_revision", "video_transport") if hasattr(captioner, k)}
+    return {
+        k: getattr(captioner, k) for k in ("served_model", "model_revision", "video_transport") if hasattr(captioner, k)
+    }
 
 
 def code_versions(resources: dict[str, Any]) -> dict[str, str]:
     """Asset name → code version for captions, checkpoint and judge scores."""
     captioner, judge, trainer = resources["captioner"], resources["judge"], resources["trainer"]
     prompts = captioner.prompts()
-    caption = _digest("caption", prompts.caption_hash, captioner.model, captioner.settings().fingerprint(), _served_model(captioner))
-    training = _digest("training", type(trainer).__name__, trainer.settings().as_dict(), prompts.caption_hash, captioner.model)
+    caption = _digest(
+        "caption", prompts.caption_hash, captioner.model, captioner.settings().fingerprint(), _served_model(captioner)
+    )
+    training = _digest(
+        "training", type(trainer).__name__, trainer.settings().as_dict(), prompts.caption_hash, captioner.model
+    )
     judging = _digest("judge", type(judge).__name__, getattr(judge, "model", None), prompts.judge_hash)
     versions = dict.fromkeys(CAPTION_ASSETS, caption) | dict.fromkeys(TRAINING_ASSETS, training)
     return versions | dict.fromkeys(JUDGE_ASSETS, judging)
@@ -41,6 +47,7 @@ def code_versions(resources: dict[str, Any]) -> dict[str, str]:
 
 def with_code_versions(assets, versions: dict[str, str]):
     """The same asset definitions, each model-driven one carrying its computed code version."""
+
     def tag(spec: dg.AssetSpec) -> dg.AssetSpec:
         name = spec.key.to_user_string()
         return spec.replace_attributes(code_version=versions[name]) if name in versions else spec

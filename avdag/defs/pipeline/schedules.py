@@ -7,13 +7,15 @@ clips whose (content, model, prompt, settings) changed are recomputed.
 
 import dagster as dg
 
+from avdag.core.ingest.staleness import batches_to_reprocess
 from avdag.defs.pipeline.jobs import batch_pipeline_job
 from avdag.defs.pipeline.partitions import clip_batches
-from avdag.core.ingest.staleness import batches_to_reprocess
 
 
 def _latest(instance: dg.DagsterInstance, key: str) -> dict[str, int]:
-    return dict(instance.get_latest_storage_id_by_partition(dg.AssetKey(key), dg.DagsterEventType.ASSET_MATERIALIZATION))
+    return dict(
+        instance.get_latest_storage_id_by_partition(dg.AssetKey(key), dg.DagsterEventType.ASSET_MATERIALIZATION)
+    )
 
 
 @dg.schedule(job=batch_pipeline_job, cron_schedule="0 2 * * *", default_status=dg.DefaultScheduleStatus.STOPPED)
@@ -24,8 +26,11 @@ def nightly_reprocess(context: dg.ScheduleEvaluationContext):
         return dg.SkipReason("no clip batches yet")
     checkpoint = instance.fetch_materializations(dg.AssetKey("sft_checkpoint"), limit=1).records
     reasons = batches_to_reprocess(
-        batches, _latest(instance, "raw_clips"), _latest(instance, "baseline_captions"),
-        _latest(instance, "finetuned_captions"), checkpoint[0].storage_id if checkpoint else None,
+        batches,
+        _latest(instance, "raw_clips"),
+        _latest(instance, "baseline_captions"),
+        _latest(instance, "finetuned_captions"),
+        checkpoint[0].storage_id if checkpoint else None,
     )
     if not reasons:
         return dg.SkipReason(f"all {len(batches)} batches are up to date")

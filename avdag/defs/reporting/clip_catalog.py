@@ -28,10 +28,14 @@ def clip_catalog(
 ) -> dg.MaterializeResult:
     """Rebuilt (atomically) from every batch; `avdag search` queries it."""
     path = artifacts.path(CATALOG_FILE)
-    captions = pd.concat([concat_partitions(baseline_captions), concat_partitions(finetuned_captions)], ignore_index=True)
+    captions = pd.concat(
+        [concat_partitions(baseline_captions), concat_partitions(finetuned_captions)], ignore_index=True
+    )
     counts = build_catalog(path, concat_partitions(raw_clips), split_manifest, captions)
-    return dg.MaterializeResult(metadata={
-        **{k: int(v) for k, v in counts.items()},
-        "path": dg.MetadataValue.path(str(path)),
-        "preview": dg.MetadataValue.md(catalog_markdown(path)),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            **{k: int(v) for k, v in counts.items()},
+            "path": dg.MetadataValue.path(str(path)),
+            "preview": dg.MetadataValue.md(catalog_markdown(path)),
+        }
+    )

@@ -59,15 +59,18 @@ def score_comparison(
     }
     write_bytes_atomic(artifacts.path("reports", "comparison.png"), chart.png)
     write_json_atomic(artifacts.path("reports", "comparison.json"), report)
-    return dg.Output(report, metadata={
-        "eval_clips": eval_clips,
-        "questions_finetuned_better": report["questions_finetuned_better"],
-        "questions_finetuned_worse": report["questions_finetuned_worse"],
-        "table": dg.MetadataValue.md(table_as_markdown(table)),
-        "multiple_choice_accuracy": dg.MetadataValue.md(multiple_choice_markdown(accuracy)),
-        "chart": dg.MetadataValue.md(png_markdown(chart.png, "baseline vs fine-tuned")),
-        "chart_path": dg.MetadataValue.path(str(artifacts.path("reports", "comparison.png"))),
-    })
+    return dg.Output(
+        report,
+        metadata={
+            "eval_clips": eval_clips,
+            "questions_finetuned_better": report["questions_finetuned_better"],
+            "questions_finetuned_worse": report["questions_finetuned_worse"],
+            "table": dg.MetadataValue.md(table_as_markdown(table)),
+            "multiple_choice_accuracy": dg.MetadataValue.md(multiple_choice_markdown(accuracy)),
+            "chart": dg.MetadataValue.md(png_markdown(chart.png, "baseline vs fine-tuned")),
+            "chart_path": dg.MetadataValue.path(str(artifacts.path("reports", "comparison.png"))),
+        },
+    )
 
 
 def _scores(partitions: dict) -> pd.DataFrame:

@@ -6,34 +6,43 @@ import json
 import dagster as dg
 import pandas as pd
 
-from avdag.defs.pipeline.pools import GPU_POOL
 from avdag.core.captioning.conversations import sft_messages
 from avdag.core.common.model_identity import model_fingerprint
 from avdag.core.reporting.charts import loss_curve_png, png_markdown
 from avdag.core.training.embedded_loop import SftExample
+from avdag.defs.pipeline.pools import GPU_POOL
 from avdag.resources.captioner import CaptionerResource
 from avdag.resources.io_managers import ALL_PARTITIONS
 from avdag.resources.storage import ArtifactStoreResource
 from avdag.resources.trainer import SftTrainerResource
 
 
-
-def train_examples(raw_clips: dict[str, pd.DataFrame], split_manifest: pd.DataFrame, prompts, settings) -> list[SftExample]:
+def train_examples(
+    raw_clips: dict[str, pd.DataFrame], split_manifest: pd.DataFrame, prompts, settings
+) -> list[SftExample]:
     """Conversations for every train-split clip across batches, in a stable order."""
     examples = []
     for batch in sorted(raw_clips):
         sides = split_manifest.loc[split_manifest["batch"] == batch, ["clip_id", "split"]]
         clips = raw_clips[batch].merge(sides, on="clip_id")
         for clip in clips[clips["split"] == "train"].sort_values("clip_id").itertuples(index=False):
-            messages = sft_messages(prompts.system_prompt, prompts.user_prompt, clip.local_path, json.loads(clip.label_json),
-                                    fps=settings.fps, max_pixels=settings.max_pixels)
+            messages = sft_messages(
+                prompts.system_prompt,
+                prompts.user_prompt,
+                clip.local_path,
+                json.loads(clip.label_json),
+                fps=settings.fps,
+                max_pixels=settings.max_pixels,
+            )
             examples.append(SftExample(clip.clip_id, clip.local_path, messages))
     return examples
 
 
 def _checkpoint_id(base_hash: str, settings: dict, examples: list[SftExample], prompt_hash: str) -> str:
     """Versions a checkpoint by everything that shapes it: base weights, config, train split, prompts."""
-    payload = json.dumps([base_hash, settings, [(e.clip_id, e.messages[-1]["content"]) for e in examples], prompt_hash], sort_keys=True)
+    payload = json.dumps(
+        [base_hash, settings, [(e.clip_id, e.messages[-1]["content"]) for e in examples], prompt_hash], sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -66,14 +75,20 @@ def sft_checkpoint(
         record = json.loads(record_path.read_text())
         losses, seconds, status = record["losses"], record.get("seconds", 0.0), "cached"
     else:
-        context.log.info(f"training {checkpoint_id} with {type(trainer).__name__} on {len(examples)} clips from {base_model}: {settings.as_dict()}")
+        context.log.info(
+            f"training {checkpoint_id} with {type(trainer).__name__} on {len(examples)} clips from {base_model}: "
+            f"{settings.as_dict()}"
+        )
 
         def progress(p: dict) -> None:
             first = p["step"] == p.get("resumed_from", 0) + 1
             if first and p.get("resumed_from"):
                 context.log.info(f"resumed from the training state saved at step {p['resumed_from']}")
             if first or p["step"] % 10 == 0 or p["step"] == p["steps"]:
-                context.log.info(f"step {p['step']}/{p['steps']} loss {p['loss']:.4f} elapsed {p['elapsed_s']:.0f}s ETA {p['eta_s']:.0f}s")
+                context.log.info(
+                    f"step {p['step']}/{p['steps']} loss {p['loss']:.4f} "
+                    f"elapsed {p['elapsed_s']:.0f}s ETA {p['eta_s']:.0f}s"
+                )
 
         result = trainer.train(base_model, examples, output_dir, progress)
         losses, seconds, status = result.losses, result.seconds, "trained"
@@ -91,16 +106,18 @@ def sft_checkpoint(
     }
     png = loss_curve_png(losses)
     (output_dir / "loss_curve.png").write_bytes(png)
-    return dg.Output(info, metadata={
-        "status": status,
-        "trainer": type(trainer).__name__,
-        "checkpoint_id": dg.MetadataValue.text(checkpoint_id),
-        "train_clips": len(examples),
-        "final_loss": float(losses[-1][1]) if losses else float("nan"),
-        "first_loss": float(losses[0][1]) if losses else float("nan"),
-        "train_seconds": float(seconds),
-        "weights_hash": dg.MetadataValue.text(info["weights_hash"]),
-        "path": dg.MetadataValue.path(str(output_dir)),
-        "loss_curve": dg.MetadataValue.md(png_markdown(png, "loss curve")),
-    })
-
+    return dg.Output(
+        info,
+        metadata={
+            "status": status,
+            "trainer": type(trainer).__name__,
+            "checkpoint_id": dg.MetadataValue.text(checkpoint_id),
+            "train_clips": len(examples),
+            "final_loss": float(losses[-1][1]) if losses else float("nan"),
+            "first_loss": float(losses[0][1]) if losses else float("nan"),
+            "train_seconds": float(seconds),
+            "weights_hash": dg.MetadataValue.text(info["weights_hash"]),
+            "path": dg.MetadataValue.path(str(output_dir)),
+            "loss_curve": dg.MetadataValue.md(png_markdown(png, "loss curve")),
+        },
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -12,9 +11,21 @@ from avdag.demo.sample_data import REAL_LABEL
 
 REAL_LABEL_PATH = REAL_LABEL
 ALL_FIELDS = {
-    "weather", "lighting", "road_conditions", "traffic_light", "traffic_sign", "additional_traffic_rules",
-    "road_type", "junction_type", "lane_type", "additional_map_rules", "interactive_expanded_metaaction",
-    "safety_analysis", "driving_difficulty", "rule_violation", "interesting_scenario",
+    "weather",
+    "lighting",
+    "road_conditions",
+    "traffic_light",
+    "traffic_sign",
+    "additional_traffic_rules",
+    "road_type",
+    "junction_type",
+    "lane_type",
+    "additional_map_rules",
+    "interactive_expanded_metaaction",
+    "safety_analysis",
+    "driving_difficulty",
+    "rule_violation",
+    "interesting_scenario",
 }
 
 
@@ -47,10 +58,7 @@ def test_bare_json_with_prose_around(label):
 
 
 def test_think_section_before_json(label):
-    raw = (
-        "<think>The sky is {clear}, the road is dry. Maybe {\"weather\": \"Overcast\"}? No.</think>\n"
-        + fenced(label)
-    )
+    raw = '<think>The sky is {clear}, the road is dry. Maybe {"weather": "Overcast"}? No.</think>\n' + fenced(label)
     parsed = parse_answer(raw)
     assert parsed.data == label
     assert parsed.data["weather"] == "Clear skies"
@@ -174,7 +182,7 @@ def test_truncated_mid_key_keeps_complete_fields():
 # --- nothing usable -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw", ["", "I cannot help with that.", "```json\n```", "<think>{\"weather\": 1}</think>"])
+@pytest.mark.parametrize("raw", ["", "I cannot help with that.", "```json\n```", '<think>{"weather": 1}</think>'])
 def test_no_object_gives_none_and_all_missing(raw):
     parsed = parse_answer(raw)
     assert parsed.data is None
@@ -250,7 +258,7 @@ def test_answer_is_complete_ignores_braces_in_strings_and_think():
     assert answer_is_complete('<think>{"a": 1}</think>\n```json\n{"weather": "}"}') is True
 
 
-@pytest.mark.parametrize("text", ["", "```json\n", "<think>still thinking {\"a\": 1}", "no json here"])
+@pytest.mark.parametrize("text", ["", "```json\n", '<think>still thinking {"a": 1}', "no json here"])
 def test_answer_is_complete_false_without_object(text):
     assert answer_is_complete(text) is False
 

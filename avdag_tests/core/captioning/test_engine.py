@@ -16,8 +16,8 @@ from avdag.core.captioning.caption_cache import caption_clips
 from avdag.core.captioning.engine import VlmCaptioner
 from avdag.core.captioning.model import GenerationSettings
 from avdag.core.captioning.prompts import load_prompt_set
-from avdag.demo.synthetic_clips import random_scene, render_clip
 from avdag.demo.sample_batch import REAL_CLIP_DIR
+from avdag.demo.synthetic_clips import random_scene, render_clip
 
 REAL_VIDEO = str(REAL_CLIP_DIR / "solidWhiteRight.camera_front_wide_120fov.mp4")
 SETTINGS = GenerationSettings(max_new_tokens=32)
@@ -46,20 +46,30 @@ def answers(captioner, paths, prompts):
 
 
 def test_batched_greedy_answers_equal_one_at_a_time(tiny_model_path, clips, prompts):
-    single = answers(VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS, clips_per_generate=1), clips, prompts)
-    batched = answers(VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS, clips_per_generate=4), clips, prompts)
+    single = answers(
+        VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS, clips_per_generate=1), clips, prompts
+    )
+    batched = answers(
+        VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS, clips_per_generate=4), clips, prompts
+    )
     assert sorted(batched) == list(range(len(clips)))
     assert len({out.video_tokens for out in single.values()}) > 1, "clips should need padding"
     for i in range(len(clips)):
         one, many = single[i], batched[i]
         assert many.error is None and one.error is None
         assert many.raw_text == one.raw_text, f"clip {i} differs when batched"
-        assert (many.prompt_tokens, many.video_tokens, many.new_tokens) == (one.prompt_tokens, one.video_tokens, one.new_tokens)
+        assert (many.prompt_tokens, many.video_tokens, many.new_tokens) == (
+            one.prompt_tokens,
+            one.video_tokens,
+            one.new_tokens,
+        )
 
 
 def test_two_workers_share_the_clips_and_agree_with_one(tiny_model_path, clips, prompts):
     one = answers(VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS, clips_per_generate=1), clips, prompts)
-    two = answers(VlmCaptioner(tiny_model_path, devices=["cpu", "cpu"], settings=SETTINGS, clips_per_generate=1), clips, prompts)
+    two = answers(
+        VlmCaptioner(tiny_model_path, devices=["cpu", "cpu"], settings=SETTINGS, clips_per_generate=1), clips, prompts
+    )
     assert {i: o.raw_text for i, o in two.items()} == {i: o.raw_text for i, o in one.items()}
 
 
@@ -76,23 +86,26 @@ def test_a_bad_clip_reports_its_file_and_the_batch_goes_on(tiny_model_path, clip
 
 
 def _clip_frame(paths: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "clip_id": [f"c{i}" for i in range(len(paths))],
-        "batch": "b1",
-        "sha256": [f"{i:064x}" for i in range(len(paths))],
-        "local_path": paths,
-    })
+    return pd.DataFrame(
+        {
+            "clip_id": [f"c{i}" for i in range(len(paths))],
+            "batch": "b1",
+            "sha256": [f"{i:064x}" for i in range(len(paths))],
+            "local_path": paths,
+        }
+    )
 
 
 KILLABLE_RUN = textwrap.dedent("""
-    import sys, pandas as pd
+    import pathlib, sys, pandas as pd
     from avdag.core.captioning.caption_cache import caption_clips
     from avdag.core.captioning.engine import VlmCaptioner
     from avdag.core.captioning.model import GenerationSettings
     from avdag.core.captioning.prompts import load_prompt_set
     model, frame, cache = sys.argv[1:4]
     captioner = VlmCaptioner(model, device="cpu", settings=GenerationSettings(max_new_tokens=32), clips_per_generate=1)
-    caption_clips(captioner, pd.read_json(frame, dtype=False), load_prompt_set(), __import__("pathlib").Path(cache), "baseline",
+    clips = pd.read_json(frame, dtype=False)
+    caption_clips(captioner, clips, load_prompt_set(), pathlib.Path(cache), "baseline",
                   log=lambda line: print(line, flush=True))
 """)
 
@@ -115,8 +128,13 @@ def test_a_run_killed_mid_batch_resumes_without_recomputing_or_tearing(tiny_mode
     frame.to_json(frame_file)
     cache = tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
-    proc = subprocess.Popen([sys.executable, "-c", KILLABLE_RUN, tiny_model_path, str(frame_file), str(cache)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLABLE_RUN, tiny_model_path, str(frame_file), str(cache)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     seen = []
     for line in proc.stdout:
         seen.append(line)
@@ -162,11 +180,19 @@ def test_field_failures_count_missing_and_invalid_per_field():
     from avdag.core.common.labels import FIELDS
 
     ok = dict.fromkeys(FIELDS, "ok")
-    statuses = [ok, {**ok, "weather": "invalid: 'Sunny' is not one of the allowed values"}, {**ok, "weather": "missing"},
-                {**ok, "weather": "invalid: 'Sunny' is not one of the allowed values", "lighting": "invalid: x"}]
+    statuses = [
+        ok,
+        {**ok, "weather": "invalid: 'Sunny' is not one of the allowed values"},
+        {**ok, "weather": "missing"},
+        {**ok, "weather": "invalid: 'Sunny' is not one of the allowed values", "lighting": "invalid: x"},
+    ]
     table = field_failures(pd.DataFrame({"field_status": [json.dumps(s) for s in statuses]})).set_index("field")
-    assert table.loc["weather"].to_dict() == {"ok": 1, "missing": 1, "invalid": 2,
-                                              "commonest_problem": "invalid: 'Sunny' is not one of the allowed values"}
+    assert table.loc["weather"].to_dict() == {
+        "ok": 1,
+        "missing": 1,
+        "invalid": 2,
+        "commonest_problem": "invalid: 'Sunny' is not one of the allowed values",
+    }
     assert table.loc["lighting", "invalid"] == 1 and table.loc["driving_difficulty", "ok"] == 4
     assert list(table.index) == list(FIELDS)
 

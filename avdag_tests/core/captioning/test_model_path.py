@@ -1,17 +1,23 @@
 """The tiny model's code path: chat template, label masking, the loss, generation and stopping."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from avdag.core.captioning.conversations import sft_messages
 from avdag.core.captioning.engine import VlmCaptioner
 from avdag.core.captioning.model import GenerationSettings, encode_conversation, load_model_and_processor
-from avdag.core.captioning.conversations import sft_messages
-from avdag.core.common.labels import format_label_as_answer
 from avdag.core.captioning.prompts import load_prompt_set
-from avdag.core.training.embedded_loop import IGNORE, SftExample, SftSettings, encode_example, supervised_loss, train_sft
+from avdag.core.common.labels import format_label_as_answer
+from avdag.core.training.embedded_loop import (
+    IGNORE,
+    SftExample,
+    SftSettings,
+    encode_example,
+    supervised_loss,
+    train_sft,
+)
 from avdag.demo.sample_batch import REAL_CLIP_DIR
 
 REAL_VIDEO = str(REAL_CLIP_DIR / "solidWhiteRight.camera_front_wide_120fov.mp4")
@@ -25,7 +31,9 @@ def prompts():
 
 @pytest.fixture(scope="module")
 def example(prompts):
-    messages = sft_messages(prompts.system_prompt, prompts.user_prompt, REAL_VIDEO, REAL_LABEL, fps=2.0, max_pixels=16 * 9 * 28 * 28)
+    messages = sft_messages(
+        prompts.system_prompt, prompts.user_prompt, REAL_VIDEO, REAL_LABEL, fps=2.0, max_pixels=16 * 9 * 28 * 28
+    )
     return SftExample("solidWhiteRight", REAL_VIDEO, messages)
 
 
@@ -61,7 +69,12 @@ def test_supervised_loss_equals_the_models_own_masked_loss(loaded, example):
 
 
 def test_short_training_lowers_the_loss_and_saves_a_loadable_checkpoint(tiny_model_path, example, tmp_path):
-    result = train_sft(tiny_model_path, [example], tmp_path / "ckpt", SftSettings(steps=8, batch_size=1, learning_rate=3e-3, warmup_steps=1))
+    result = train_sft(
+        tiny_model_path,
+        [example],
+        tmp_path / "ckpt",
+        SftSettings(steps=8, batch_size=1, learning_rate=3e-3, warmup_steps=1),
+    )
     losses = [loss for _, loss in result.losses]
     assert losses[-1] < 0.8 * losses[0]
     saved = json.loads((tmp_path / "ckpt" / "avdag_training.json").read_text())
@@ -99,6 +112,10 @@ def test_encode_conversation_does_not_resize_sampled_frames(loaded, prompts):
     _, processor = loaded
     from avdag.core.captioning.conversations import caption_messages
 
-    messages = caption_messages(prompts.system_prompt, prompts.user_prompt, REAL_VIDEO, fps=2.0, max_pixels=16 * 9 * 28 * 28)
-    inputs = encode_conversation(processor, messages, REAL_VIDEO, fps=2.0, max_pixels=16 * 9 * 28 * 28, add_generation_prompt=True)
+    messages = caption_messages(
+        prompts.system_prompt, prompts.user_prompt, REAL_VIDEO, fps=2.0, max_pixels=16 * 9 * 28 * 28
+    )
+    inputs = encode_conversation(
+        processor, messages, REAL_VIDEO, fps=2.0, max_pixels=16 * 9 * 28 * 28, add_generation_prompt=True
+    )
     assert inputs["video_grid_thw"].tolist() == [[8, 18, 32]]  # 252x448 frames, not upscaled by min_pixels

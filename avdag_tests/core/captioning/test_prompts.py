@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from avdag.core.common import labels
 from avdag.core.captioning.prompts import PROJECT_PROMPTS_DIR, PromptError, PromptSet, load_prompt_set
+from avdag.core.common import labels
 
 REPO_PROMPTS = Path(__file__).resolve().parents[3] / "prompts"
 PROJECT_FILES = ("system_prompt.txt", "user_prompt.txt", "judge_system.txt", "judge_user.txt", "questions.json")

@@ -11,7 +11,7 @@ import io
 import json
 import threading
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from fractions import Fraction
 from pathlib import Path
@@ -23,11 +23,11 @@ import pytest
 from PIL import Image
 
 from avdag.core.captioning.model import CaptionOutput, GenerationSettings
-from avdag.core.common.http_retry import retry_after_s
 from avdag.core.captioning.remote import OpenAIVlmCaptioner, remote_model_hash
+from avdag.core.common.http_retry import retry_after_s
 from avdag.core.ingest.video import sample_frames
-from avdag_tests.support.openai_stub_server import OpenAIStubServer, StubReply, chat_completion_body
 from avdag.demo.sample_data import REAL_CLIP
+from avdag_tests.support.openai_stub_server import OpenAIStubServer, StubReply, chat_completion_body
 
 SYSTEM_PROMPT = "You are a careful dashcam annotator."
 USER_PROMPT = "Fill in the 15-field rubric as one JSON object."
@@ -153,8 +153,9 @@ def test_request_carries_prompts_sampled_frames_and_generation_settings() -> Non
     assert neighbours.min() > JPEG_TOLERANCE
 
     tokens_per_frame = (height // 28) * (width // 28)
-    assert outputs[0] == CaptionOutput(raw_text=reply, prompt_tokens=10, video_tokens=16 * tokens_per_frame,
-                                       new_tokens=2, seconds=outputs[0].seconds)
+    assert outputs[0] == CaptionOutput(
+        raw_text=reply, prompt_tokens=10, video_tokens=16 * tokens_per_frame, new_tokens=2, seconds=outputs[0].seconds
+    )
     assert outputs[0].seconds > 0
 
 
@@ -227,7 +228,10 @@ def test_rate_limit_and_server_error_are_retried_then_succeed(clips: list[str]) 
         outputs = caption_all(captioner_for(server, max_retries=2), clips[:3])
 
     assert [(outputs[index].raw_text, outputs[index].error) for index in range(3)] == [
-        ("answer 0", None), ("answer 1", None), ("answer 2", None)]
+        ("answer 0", None),
+        ("answer 1", None),
+        ("answer 2", None),
+    ]
     assert counter.counts == {0: 1, 1: 2, 2: 2}
 
 
@@ -245,7 +249,10 @@ def test_clip_that_keeps_failing_gets_an_error_and_the_others_still_succeed(clip
 
     assert outputs[1] == CaptionOutput("", 0, 0, 0, outputs[1].seconds, error="HTTP 500 after 3 attempts: boom")
     assert [(outputs[index].raw_text, outputs[index].error) for index in (0, 2, 3)] == [
-        ("answer 0", None), ("answer 2", None), ("answer 3", None)]
+        ("answer 0", None),
+        ("answer 2", None),
+        ("answer 3", None),
+    ]
     assert counter.counts == {0: 1, 1: 3, 2: 1, 3: 1}
 
 
@@ -294,11 +301,15 @@ def test_empty_reply_is_an_error_and_missing_usage_counts_zero(clips: list[str])
 
     assert outputs[0].error == f"empty reply from {server.base_url}/ (finish_reason=stop)"
     assert (outputs[1].raw_text, outputs[1].prompt_tokens, outputs[1].new_tokens, outputs[1].error) == (
-        "answer 1", 0, 0, None)
+        "answer 1",
+        0,
+        0,
+        None,
+    )
 
 
 def test_retry_after_header_forms() -> None:
-    in_ten_seconds = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=10), usegmt=True)
+    in_ten_seconds = format_datetime(datetime.now(UTC) + timedelta(seconds=10), usegmt=True)
     # Lower-case keys, as the client's case-insensitive headers answer them.
     assert retry_after_s({"retry-after-ms": "250"}) == 0.25
     assert retry_after_s({"retry-after": "3"}) == 3.0

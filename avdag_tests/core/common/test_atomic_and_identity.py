@@ -12,7 +12,6 @@ import pytest
 from avdag.core.common.atomic import atomic_path, write_bytes_atomic, write_json_atomic
 from avdag.core.common.model_identity import model_fingerprint, weights_sha256
 
-
 # --- atomic ---------------------------------------------------------------------------------------
 
 

@@ -20,7 +20,8 @@ def _check_landed(zone: LandingZone):
     assert zone.list_batches() == ["batch-7"]
     listing = zone.list_batch("batch-7")
     assert sorted(url.rsplit("/", 1)[-1] for url in listing.videos.values()) == [
-        f"clip0{VIDEO_SUFFIX}", f"clip1{VIDEO_SUFFIX}"
+        f"clip0{VIDEO_SUFFIX}",
+        f"clip1{VIDEO_SUFFIX}",
     ]
     assert zone.marker_signature("batch-7") is not None
 

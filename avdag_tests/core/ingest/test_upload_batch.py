@@ -16,10 +16,10 @@ import av
 import numpy as np
 import pytest
 
-from avdag.core.ingest.upload_batch import CLIP_COLUMNS, QuarantineRecord, ingest_batch
-from avdag_tests.support.media import unique_copy
 from avdag.core.ingest.landing import LABEL_SUFFIX, VIDEO_SUFFIX, BatchListing, LandingZone, is_safe_name
+from avdag.core.ingest.upload_batch import CLIP_COLUMNS, QuarantineRecord, ingest_batch
 from avdag.demo.sample_data import REAL_LABEL
+from avdag_tests.support.media import unique_copy
 
 REAL_LABEL_PATH = REAL_LABEL
 BATCH = "batch-2024_01.a"
@@ -63,7 +63,9 @@ class Batch:
 
     def video(self, clip_id: str, data: bytes | None = None) -> Path:
         """A video file; by default the shared clip made unique (dedup would merge byte copies)."""
-        return self._write(self.dir / "videos" / f"{clip_id}{VIDEO_SUFFIX}", unique_copy(self.clip, clip_id) if data is None else data)
+        return self._write(
+            self.dir / "videos" / f"{clip_id}{VIDEO_SUFFIX}", unique_copy(self.clip, clip_id) if data is None else data
+        )
 
     def label(self, clip_id: str, label) -> Path:
         text = label if isinstance(label, str) else json.dumps(label, ensure_ascii=False)

@@ -166,7 +166,10 @@ def test_frames_match_qwen_vl_utils(clip: Path, reference_and_ours: tuple[torch.
     assert ours.sample_fps == pytest.approx(reference_fps, rel=1e-12)
 
     diffs = per_frame_mean_abs_diff(ours.frames, reference)
-    print(f"\n{clip.name}: mean abs pixel diff vs qwen-vl-utils/torchcodec = {diffs.mean():.4f} (max frame {diffs.max():.4f})")
+    print(
+        f"\n{clip.name}: mean abs pixel diff vs qwen-vl-utils/torchcodec = {diffs.mean():.4f} "
+        f"(max frame {diffs.max():.4f})"
+    )
     assert diffs.max() <= PIXEL_TOLERANCE
 
     # The tolerance must be able to see a wrong frame: each neighbour frame is further away than it.
@@ -201,7 +204,9 @@ def test_non_default_settings_match_qwen_vl_utils(synthetic_clip: Path, monkeypa
     assert per_frame_mean_abs_diff(ours.frames, reference).max() <= PIXEL_TOLERANCE
 
 
-@pytest.mark.parametrize("total_frames,video_fps", [(221, 25.0), (24, 10.0), (3, 30.0), (9000, 30.0), (181, 29.97), (60, 2.0), (5, 1.0)])
+@pytest.mark.parametrize(
+    "total_frames,video_fps", [(221, 25.0), (24, 10.0), (3, 30.0), (9000, 30.0), (181, 29.97), (60, 2.0), (5, 1.0)]
+)
 @pytest.mark.parametrize("fps", [2.0, 0.5, 4.0])
 def test_frame_count_and_indices_match_recipe(total_frames: int, video_fps: float, fps: float) -> None:
     vision_process = pytest.importorskip("qwen_vl_utils.vision_process")
@@ -211,11 +216,16 @@ def test_frame_count_and_indices_match_recipe(total_frames: int, video_fps: floa
     assert frame_indices(total_frames, nframes) == torch.linspace(0, total_frames - 1, expected).round().long().tolist()
 
 
-@pytest.mark.parametrize("height,width", [(540, 960), (180, 320), (1080, 1920), (1208, 1920), (28, 28), (480, 640), (100, 5000), (2160, 3840)])
+@pytest.mark.parametrize(
+    "height,width",
+    [(540, 960), (180, 320), (1080, 1920), (1208, 1920), (28, 28), (480, 640), (100, 5000), (2160, 3840)],
+)
 @pytest.mark.parametrize("max_pixels", [RECIPE_MAX_PIXELS, RECIPE_MAX_PIXELS + 1, 768 * 28 * 28])
 def test_resize_target_matches_recipe(height: int, width: int, max_pixels: int) -> None:
     vision_process = pytest.importorskip("qwen_vl_utils.vision_process")
-    expected = vision_process.smart_resize(height, width, factor=IMAGE_FACTOR, min_pixels=VIDEO_MIN_PIXELS, max_pixels=max_pixels)
+    expected = vision_process.smart_resize(
+        height, width, factor=IMAGE_FACTOR, min_pixels=VIDEO_MIN_PIXELS, max_pixels=max_pixels
+    )
     assert smart_resize(height, width, min_pixels=VIDEO_MIN_PIXELS, max_pixels=max_pixels) == expected
 
 

@@ -4,23 +4,28 @@ import json
 
 import pytest
 
-from avdag.core.judging.score_captions import judge_items
+from avdag.core.judging.batch_api import BatchApiPending, BatchApiTracker, OpenAIBatchJudge
 from avdag.core.judging.batch_api_ledger import BatchApiLedger, runs_to_request
-from avdag.core.judging.verdict_cache import JudgeCache, judge_cache_key
-from avdag.core.judging.judges import OpenAIChatJudge
-from avdag.core.judging.batch_api import BatchApiTracker, BatchApiPending, OpenAIBatchJudge
 from avdag.core.judging.items import JudgeItem
+from avdag.core.judging.judges import OpenAIChatJudge
+from avdag.core.judging.score_captions import judge_items
+from avdag.core.judging.verdict_cache import JudgeCache, judge_cache_key
 from avdag_tests.support.openai_stub_server import OpenAIStubServer, StubReply
 
 SYSTEM, TEMPLATE = "You are a strict judge.", "Q: {question}\nHuman: {human_answer}\nModel: {model_answer}"
-ITEMS = [JudgeItem("weather", "What is the weather?", "Clear", answer) for answer in ("Clear", "Rainy", "Snowy", "Foggy")]
+ITEMS = [
+    JudgeItem("weather", "What is the weather?", "Clear", answer) for answer in ("Clear", "Rainy", "Snowy", "Foggy")
+]
 
 
 def _reply(body):
     """Score by the model answer, so each verdict shows which request it answers."""
     prompt = body["messages"][1]["content"]
-    return {"Model: Clear": "Same. <answer>5</answer>", "Model: Rainy": "Differs. <answer>1</answer>",
-            "Model: Snowy": "Differs. <answer>2</answer>"}.get(prompt.splitlines()[-1], "no verdict here")
+    return {
+        "Model: Clear": "Same. <answer>5</answer>",
+        "Model: Rainy": "Differs. <answer>1</answer>",
+        "Model: Snowy": "Differs. <answer>2</answer>",
+    }.get(prompt.splitlines()[-1], "no verdict here")
 
 
 @pytest.fixture
@@ -31,9 +36,17 @@ def server():
 
 
 def _judge(server, tmp_path, **kwargs):
-    return OpenAIBatchJudge(model="judge-test", api_key="test", base_url=server.base_url, system_prompt=SYSTEM,
-                            user_template=TEMPLATE, ledger=BatchApiLedger(tmp_path / "batches"),
-                            requested_by={"asset": "baseline_judge_scores", "partition": "b1"}, max_retries=0, **kwargs)
+    return OpenAIBatchJudge(
+        model="judge-test",
+        api_key="test",
+        base_url=server.base_url,
+        system_prompt=SYSTEM,
+        user_template=TEMPLATE,
+        ledger=BatchApiLedger(tmp_path / "batches"),
+        requested_by={"asset": "baseline_judge_scores", "partition": "b1"},
+        max_retries=0,
+        **kwargs,
+    )
 
 
 def _pending(judge, items) -> BatchApiPending:
@@ -52,8 +65,14 @@ def test_submits_the_live_judges_exact_requests_as_one_batch(server, tmp_path):
     assert {(line["method"], line["url"]) for line in lines} == {("POST", "/v1/chat/completions")}
     assert batch["metadata"]["avdag_request_key"] == pending.submission.request_key
 
-    live = OpenAIChatJudge(model="judge-test", api_key="test", base_url=server.base_url, system_prompt=SYSTEM,
-                           user_template=TEMPLATE, max_retries=0)
+    live = OpenAIChatJudge(
+        model="judge-test",
+        api_key="test",
+        base_url=server.base_url,
+        system_prompt=SYSTEM,
+        user_template=TEMPLATE,
+        max_retries=0,
+    )
     live.judge(ITEMS)
     assert sorted(map(json.dumps, (line["body"] for line in lines))) == sorted(map(json.dumps, server.requests))
     assert live.cache_scope == judge.cache_scope, "a verdict bought either way must answer both"
@@ -140,13 +159,22 @@ def test_a_shared_batch_answers_another_assets_subset_and_stays_its_owners(serve
     """Fine-tuned answers equal to the baseline's are found in the baseline's submission by coverage."""
     judge = _judge(server, tmp_path)
     submission = _pending(judge, ITEMS).submission
-    finetuned = OpenAIBatchJudge(model="judge-test", api_key="test", base_url=server.base_url, system_prompt=SYSTEM,
-                                 user_template=TEMPLATE, ledger=judge.ledger, max_retries=0,
-                                 requested_by={"asset": "finetuned_judge_scores", "partition": "b1"})
+    finetuned = OpenAIBatchJudge(
+        model="judge-test",
+        api_key="test",
+        base_url=server.base_url,
+        system_prompt=SYSTEM,
+        user_template=TEMPLATE,
+        ledger=judge.ledger,
+        max_retries=0,
+        requested_by={"asset": "finetuned_judge_scores", "partition": "b1"},
+    )
     assert _pending(finetuned, ITEMS[1:3]).submission.request_key == submission.request_key
     server.finish_batch(submission.parts[0].batch_id)
     assert [v.score for v in finetuned.judge(ITEMS[1:3])] == [1, 2]
-    assert [s.request_key for s in judge.ledger.uncollected()] == [submission.request_key], "the owner's run still collects"
+    assert [s.request_key for s in judge.ledger.uncollected()] == [submission.request_key], (
+        "the owner's run still collects"
+    )
     assert [v.score for v in judge.judge(ITEMS)] == [5, 1, 2, None]
     assert judge.ledger.uncollected() == [] and len(server.batches) == 1
 

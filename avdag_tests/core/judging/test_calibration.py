@@ -7,18 +7,24 @@ import json
 import pandas as pd
 import pytest
 
+from avdag.core.captioning.prompts import load_prompt_set
 from avdag.core.judging.calibration import answer_key, calibration_items, labels_of, summarize_calibration
 from avdag.core.judging.judges import JudgeVerdict, OfflineEmbeddingJudge
-from avdag.core.captioning.prompts import load_prompt_set
-from avdag.demo.synthetic_clips import plan_clip
 from avdag.demo.sample_batch import REAL_CLIP_DIR, REAL_CLIP_ID
+from avdag.demo.synthetic_clips import plan_clip
 
 QUESTIONS = {"weather": "What is the weather?", "road_type": "What kind of road?", "rule_violation": "Any law broken?"}
 
 
 def _labels(n: int) -> dict[str, dict]:
-    return {f"clip{i:02d}": {"weather": ["Clear skies", "Rainy"][i % 2], "road_type": f"road {i}", "rule_violation": "False"}
-            for i in range(n)}
+    return {
+        f"clip{i:02d}": {
+            "weather": ["Clear skies", "Rainy"][i % 2],
+            "road_type": f"road {i}",
+            "rule_violation": "False",
+        }
+        for i in range(n)
+    }
 
 
 def _verdicts(items, score_of) -> list[JudgeVerdict]:
@@ -58,7 +64,9 @@ def test_fields_where_every_clip_agrees_get_no_other_item_and_are_reported_skipp
     items = calibration_items(labels, QUESTIONS)
     assert not [c for c in items if c.kind == "other" and c.item.field == "rule_violation"]
     assert len([c for c in items if c.kind == "self" and c.item.field == "rule_violation"]) == 4
-    weather_partners = {c.partner_clip_id for c in items if c.kind == "other" and c.item.field == "weather" and c.clip_id == "clip01"}
+    weather_partners = {
+        c.partner_clip_id for c in items if c.kind == "other" and c.item.field == "weather" and c.clip_id == "clip01"
+    }
     assert weather_partners == {"clip03"}
     report = summarize_calibration(items, _verdicts(items, _perfect))
     assert report.skipped_fields == ("rule_violation",)

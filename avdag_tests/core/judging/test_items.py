@@ -48,8 +48,7 @@ def questions() -> dict[str, str]:
 
 def _label() -> dict[str, object]:
     label: dict[str, object] = {field: f"human {field}" for field in FIELDS}
-    label.update(interactive_expanded_metaaction=["Vehicle following"], driving_difficulty=3,
-                 additional_map_rules=None)
+    label.update(interactive_expanded_metaaction=["Vehicle following"], driving_difficulty=3, additional_map_rules=None)
     return label
 
 
@@ -180,7 +179,11 @@ def test_summarize_scores_accepts_nullable_integer_and_empty_frames() -> None:
     rows = pd.DataFrame({"field": ["weather", "weather"], "score": pd.array([2, pd.NA], dtype="Int64")})
     summary = summarize_scores(rows)
     assert summary.iloc[0].to_dict() == {
-        "field": "weather", "num_results": 2, "num_scores": 1, "mean_score": 2.0, "success_rate": 0.5,
+        "field": "weather",
+        "num_results": 2,
+        "num_scores": 1,
+        "mean_score": 2.0,
+        "success_rate": 0.5,
     }
     empty = summarize_scores(pd.DataFrame({"field": [], "score": []}))
     assert empty.empty

@@ -15,11 +15,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from avdag.core.judging.score_captions import JudgeSpend, score_captions
-from avdag.core.judging.verdict_cache import JudgeCache
-from avdag.core.judging.judges import OpenAIChatJudge
 from avdag.core.captioning.prompts import PromptSet
 from avdag.core.judging.items import JudgeItem
+from avdag.core.judging.judges import OpenAIChatJudge
+from avdag.core.judging.score_captions import JudgeSpend, score_captions
+from avdag.core.judging.verdict_cache import JudgeCache
 from avdag_tests.support.openai_stub_server import OpenAIStubServer, StubReply
 
 SYSTEM_PROMPT = "You are a helpful assistant who has been tasked with evaluating the reponses."
@@ -57,8 +57,14 @@ class ScriptedReplies:
 
 def _judge(server: OpenAIStubServer, **overrides: Any) -> OpenAIChatJudge:
     options: dict[str, Any] = dict(
-        model="gpt-5", api_key="sk-test", base_url=server.base_url, system_prompt=SYSTEM_PROMPT,
-        user_template=USER_TEMPLATE, timeout_s=5.0, max_retries=2, max_in_flight=8,
+        model="gpt-5",
+        api_key="sk-test",
+        base_url=server.base_url,
+        system_prompt=SYSTEM_PROMPT,
+        user_template=USER_TEMPLATE,
+        timeout_s=5.0,
+        max_retries=2,
+        max_in_flight=8,
     )
     return OpenAIChatJudge(**(options | overrides))
 
@@ -79,7 +85,9 @@ def _assert_scored_in_order(verdicts, answers: list[str]) -> None:
 
 def test_calls_overlap_up_to_max_in_flight_and_keep_item_order() -> None:
     answers = [f"ok-{n}" for n in range(40)]
-    replies = ScriptedReplies(lambda answer, nth: StubReply(content=f"<answer>{_score_for(answer)}</answer>", delay_s=0.05))
+    replies = ScriptedReplies(
+        lambda answer, nth: StubReply(content=f"<answer>{_score_for(answer)}</answer>", delay_s=0.05)
+    )
     with OpenAIStubServer(replies) as server:
         verdicts = _judge(server, max_in_flight=4).judge(_items(answers))
     _assert_scored_in_order(verdicts, answers)
@@ -106,6 +114,7 @@ def test_429_honours_retry_after_and_every_item_ends_scored() -> None:
 
 def test_retry_waits_as_long_as_the_server_asks() -> None:
     """retry-after-ms 400 is waited out; Retry-After 0 retries at once (backoff alone waits >= 0.5 s)."""
+
     def script(answer: str, nth: int) -> str | StubReply:
         if nth == 1:
             headers = {"retry-after-ms": "400"} if answer == "patient" else {"retry-after": "0"}
@@ -202,19 +211,43 @@ def _prompts(judge_user: str = USER_TEMPLATE) -> PromptSet:
 
 def _eval_clips(n: int) -> pd.DataFrame:
     label = {"road_type": "Highway", "weather": "Clear", "lighting": "Daylight"}
-    return pd.DataFrame([{"clip_id": f"c{i}", "batch": "b1", "sha256": f"sha{i}", "source_url": f"s3://x/c{i}.mp4",
-                          "label_json": json.dumps(label)} for i in range(n)])
+    return pd.DataFrame(
+        [
+            {
+                "clip_id": f"c{i}",
+                "batch": "b1",
+                "sha256": f"sha{i}",
+                "source_url": f"s3://x/c{i}.mp4",
+                "label_json": json.dumps(label),
+            }
+            for i in range(n)
+        ]
+    )
 
 
 def _captions(answers_by_clip: dict[str, dict[str, Any] | None], source: str = "baseline") -> pd.DataFrame:
-    return pd.DataFrame([{"clip_id": clip_id, "parsed_json": json.dumps(answer) if answer is not None else None,
-                          "caption_source": source, "model_path": "m", "model_hash": "mh", "prompt_hash": "ph",
-                          "generation": "{}", "caption_key": f"k-{clip_id}"} for clip_id, answer in answers_by_clip.items()])
+    return pd.DataFrame(
+        [
+            {
+                "clip_id": clip_id,
+                "parsed_json": json.dumps(answer) if answer is not None else None,
+                "caption_source": source,
+                "model_path": "m",
+                "model_hash": "mh",
+                "prompt_hash": "ph",
+                "generation": "{}",
+                "caption_key": f"k-{clip_id}",
+            }
+            for clip_id, answer in answers_by_clip.items()
+        ]
+    )
 
 
 def _answers(n: int, tag: str = "") -> dict[str, dict[str, Any]]:
-    return {f"c{i}": {"road_type": f"road-{i}{tag}", "weather": f"weather-{i}{tag}", "lighting": f"light-{i}{tag}"}
-            for i in range(n)}
+    return {
+        f"c{i}": {"road_type": f"road-{i}{tag}", "weather": f"weather-{i}{tag}", "lighting": f"light-{i}{tag}"}
+        for i in range(n)
+    }
 
 
 def _score(judge, captions, cache, n=4, prompts=None):
@@ -255,9 +288,16 @@ def test_every_row_is_a_score_or_a_recorded_failure_and_spend_adds_up(cache) -> 
     assert frame.loc[frame["model_answer"].isna(), "judge_attempts"].tolist() == [0]
     road_rows = frame[(frame["field"] == "road_type") & (frame["model_answer"] != '"NO-SCORE"')]
     assert road_rows["judge_attempts"].tolist() == [2, 2, 2]
-    assert spend == JudgeSpend(items=11, calls=len(server.requests), cache_hits=0, failures=1, parse_failures=1,
-                               out_of_range=1, prompt_tokens=int(frame["prompt_tokens"].sum()),
-                               completion_tokens=int(frame["completion_tokens"].sum()))
+    assert spend == JudgeSpend(
+        items=11,
+        calls=len(server.requests),
+        cache_hits=0,
+        failures=1,
+        parse_failures=1,
+        out_of_range=1,
+        prompt_tokens=int(frame["prompt_tokens"].sum()),
+        completion_tokens=int(frame["completion_tokens"].sum()),
+    )
     assert spend.calls == 11 + 3 + 1  # one each, three rate-limited once, BROKEN twice
     assert spend.prompt_tokens == 10 * (spend.calls - 3 - 2)  # usage only from answered calls
 
@@ -302,11 +342,17 @@ def test_changed_judge_prompt_or_model_makes_new_calls(cache) -> None:
     captions = _captions(_answers(2))
     with OpenAIStubServer(ScriptedReplies()) as server:
         _score(_judge(server), captions, cache, n=2)
-        _, new_prompt = _score(_judge(server, user_template=USER_TEMPLATE + " "), captions, cache, n=2,
-                               prompts=_prompts(USER_TEMPLATE + " "))
+        _, new_prompt = _score(
+            _judge(server, user_template=USER_TEMPLATE + " "),
+            captions,
+            cache,
+            n=2,
+            prompts=_prompts(USER_TEMPLATE + " "),
+        )
         _, new_model = _score(_judge(server, model="gpt-5-mini"), captions, cache, n=2)
-        _, moved_server = _score(_judge(server, base_url=server.base_url.replace("127.0.0.1", "localhost")),
-                                 captions, cache, n=2)
+        _, moved_server = _score(
+            _judge(server, base_url=server.base_url.replace("127.0.0.1", "localhost")), captions, cache, n=2
+        )
     assert (new_prompt.calls, new_model.calls) == (6, 6)
     assert moved_server.calls == 0  # the server's address is not part of the judge's identity
     assert len(cache) == 18

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from avdag.core.judging.items import JudgeItem, format_judge_prompt, parse_judge_score
 from avdag.core.judging.judges import (
     SIMILARITY_THRESHOLDS,
     JudgeVerdict,
@@ -15,7 +16,6 @@ from avdag.core.judging.judges import (
     OpenAIChatJudge,
     similarity_to_score,
 )
-from avdag.core.judging.items import JudgeItem, format_judge_prompt, parse_judge_score
 from avdag_tests.support.openai_stub_server import OpenAIStubServer, StubReply
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,8 +34,13 @@ def _user_prompt(request: dict[str, Any]) -> str:
 
 def _openai_judge(server: OpenAIStubServer, **overrides: Any) -> OpenAIChatJudge:
     options: dict[str, Any] = dict(
-        model="gpt-5", api_key="sk-test", base_url=server.base_url, system_prompt=SYSTEM_PROMPT,
-        user_template=USER_TEMPLATE, timeout_s=5.0, max_retries=0,
+        model="gpt-5",
+        api_key="sk-test",
+        base_url=server.base_url,
+        system_prompt=SYSTEM_PROMPT,
+        user_template=USER_TEMPLATE,
+        timeout_s=5.0,
+        max_retries=0,
     )
     return OpenAIChatJudge(**(options | overrides))
 
@@ -58,7 +63,9 @@ def test_openai_judge_sends_recipe_messages_and_parses_replies() -> None:
 
     assert judge.judge_id == f"openai:gpt-5@{server.base_url}"
     assert verdicts == [
-        JudgeVerdict(score=4, reply="Same weather.\n<answer>4</answer>", attempts=1, prompt_tokens=10, completion_tokens=3),
+        JudgeVerdict(
+            score=4, reply="Same weather.\n<answer>4</answer>", attempts=1, prompt_tokens=10, completion_tokens=3
+        ),
         JudgeVerdict(score=2, reply="Different. 2", attempts=1, prompt_tokens=10, completion_tokens=2),
     ]
     assert len(server.requests) == 2
@@ -75,7 +82,9 @@ def test_openai_judge_sends_recipe_messages_and_parses_replies() -> None:
 def test_openai_judge_reply_without_score_is_none_not_error() -> None:
     with OpenAIStubServer(lambda request: "bad") as server:
         [verdict] = _openai_judge(server, model="judge-model").judge([_item("lane_type", "a", "b")])
-    assert verdict == JudgeVerdict(score=None, reply="bad", error=None, attempts=1, prompt_tokens=10, completion_tokens=1)
+    assert verdict == JudgeVerdict(
+        score=None, reply="bad", error=None, attempts=1, prompt_tokens=10, completion_tokens=1
+    )
     assert server.requests[0]["model"] == "judge-model"
 
 
@@ -105,14 +114,22 @@ def test_openai_judge_timeout_becomes_error_verdict() -> None:
         judge = _openai_judge(server, timeout_s=0.2)
         verdicts = judge.judge([_item("road_type", "a", "SLOW"), _item("lane_type", "a", "b")])
     assert verdicts[0].score is None and "Timeout" in (verdicts[0].error or "")
-    assert verdicts[1] == JudgeVerdict(score=3, reply="<answer>3</answer>", attempts=1, prompt_tokens=10, completion_tokens=1)
+    assert verdicts[1] == JudgeVerdict(
+        score=3, reply="<answer>3</answer>", attempts=1, prompt_tokens=10, completion_tokens=1
+    )
 
 
 def test_openai_judge_unreachable_server_is_an_error_verdict() -> None:
     with OpenAIStubServer() as server:
         pass  # started and stopped: its port is now closed
-    judge = OpenAIChatJudge(api_key="sk-test", base_url=server.base_url, system_prompt=SYSTEM_PROMPT,
-                            user_template=USER_TEMPLATE, timeout_s=2.0, max_retries=0)
+    judge = OpenAIChatJudge(
+        api_key="sk-test",
+        base_url=server.base_url,
+        system_prompt=SYSTEM_PROMPT,
+        user_template=USER_TEMPLATE,
+        timeout_s=2.0,
+        max_retries=0,
+    )
     [verdict] = judge.judge([_item("weather", "Overcast", "Overcast")])
     assert verdict.score is None and verdict.error
 
@@ -187,18 +204,24 @@ def test_offline_metaaction_overlap(offline_judge: OfflineEmbeddingJudge) -> Non
 
 def test_offline_paraphrase_beats_unrelated(offline_judge: OfflineEmbeddingJudge) -> None:
     human = "clear blue skies"
-    paraphrase, unrelated = _scores(offline_judge, [
-        _item("road_conditions", human, "the sky is sunny and cloudless"),
-        _item("road_conditions", human, "heavy rain at night"),
-    ])
+    paraphrase, unrelated = _scores(
+        offline_judge,
+        [
+            _item("road_conditions", human, "the sky is sunny and cloudless"),
+            _item("road_conditions", human, "heavy rain at night"),
+        ],
+    )
     assert paraphrase > unrelated
     assert (paraphrase, unrelated) == (3, 1)  # cosine ~0.54 and ~0.34 under calibration v1
 
     lane = "Single lane each direction, no turn lanes."
-    close, different = _scores(offline_judge, [
-        _item("lane_type", lane, "One lane in each direction without turn lanes."),
-        _item("lane_type", lane, "Highway with four lanes and a shoulder, no oncoming traffic."),
-    ])
+    close, different = _scores(
+        offline_judge,
+        [
+            _item("lane_type", lane, "One lane in each direction without turn lanes."),
+            _item("lane_type", lane, "Highway with four lanes and a shoulder, no oncoming traffic."),
+        ],
+    )
     assert close == 5 and different < close
 
 
@@ -221,8 +244,9 @@ def test_offline_garbage_scores_1(offline_judge: OfflineEmbeddingJudge) -> None:
     assert _scores(offline_judge, items) == [1] * len(items)
 
 
-def test_offline_free_text_is_encoded_in_one_batch(offline_judge: OfflineEmbeddingJudge,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_offline_free_text_is_encoded_in_one_batch(
+    offline_judge: OfflineEmbeddingJudge, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[list[str]] = []
     real_encode = offline_judge.model.encode
 

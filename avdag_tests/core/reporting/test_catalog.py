@@ -10,16 +10,14 @@ import duckdb
 import pandas as pd
 import pytest
 
-from avdag.core.reporting import catalog as catalog_module
 from avdag.core.captioning.caption_cache import CAPTION_COLUMNS
-from avdag.core.reporting.catalog import CatalogQueryError, build_catalog, catalog_markdown, parse_query, search
-from avdag.core.ingest.upload_batch import CLIP_COLUMNS
 from avdag.core.common.labels import FIELDS
+from avdag.core.ingest.upload_batch import CLIP_COLUMNS
+from avdag.core.reporting import catalog as catalog_module
+from avdag.core.reporting.catalog import CatalogQueryError, build_catalog, catalog_markdown, parse_query, search
 from avdag.demo.sample_data import REAL_LABEL
 
-REAL_LABEL = json.loads(
-    REAL_LABEL.read_text()
-)
+REAL_LABEL = json.loads(REAL_LABEL.read_text())
 
 
 def variant(**changes) -> dict:
@@ -59,10 +57,20 @@ WRONG_FT = variant(weather="Heavy rain")  # a fine-tuned answer the human label 
 
 def clip_row(clip_id: str, batch: str, label: dict | None, **overrides) -> dict:
     row = {
-        "clip_id": clip_id, "batch": batch, "source_url": f"s3://bucket/{batch}/videos/{clip_id}.mp4",
-        "local_path": f"/cache/{clip_id}.mp4", "label_url": None, "duration_s": 10.0, "fps": 30.0,
-        "width": 1280, "height": 720, "codec": "h264", "num_frames": 300, "size_bytes": 1_000_000,
-        "sha256": f"sha-{clip_id}", "label_json": json.dumps(label) if label else None,
+        "clip_id": clip_id,
+        "batch": batch,
+        "source_url": f"s3://bucket/{batch}/videos/{clip_id}.mp4",
+        "local_path": f"/cache/{clip_id}.mp4",
+        "label_url": None,
+        "duration_s": 10.0,
+        "fps": 30.0,
+        "width": 1280,
+        "height": 720,
+        "codec": "h264",
+        "num_frames": 300,
+        "size_bytes": 1_000_000,
+        "sha256": f"sha-{clip_id}",
+        "label_json": json.dumps(label) if label else None,
     }
     return {**row, **overrides}
 
@@ -70,44 +78,59 @@ def clip_row(clip_id: str, batch: str, label: dict | None, **overrides) -> dict:
 def caption_row(clip_id: str, batch: str, source: str, answer: dict | None, sha: str | None = None) -> dict:
     raw = "```json\n" + json.dumps(answer) + "\n```" if answer else "I cannot tell."
     row = dict.fromkeys(CAPTION_COLUMNS)
-    return {**row, "clip_id": clip_id, "batch": batch, "clip_sha256": sha or f"sha-{clip_id}", "caption_source": source,
-            "model_hash": f"{source}-hash-{batch}", "raw_text": raw,
-            "parsed_json": json.dumps(answer) if answer else None}
+    return {
+        **row,
+        "clip_id": clip_id,
+        "batch": batch,
+        "clip_sha256": sha or f"sha-{clip_id}",
+        "caption_source": source,
+        "model_hash": f"{source}-hash-{batch}",
+        "raw_text": raw,
+        "parsed_json": json.dumps(answer) if answer else None,
+    }
 
 
 def inputs() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    clips = pd.DataFrame([
-        clip_row("day", "sample-0001", REAL_LABEL, duration_s=8.5),
-        clip_row("rain", "sample-0001", RAINY_NIGHT, duration_s=20.0, width=1920, height=1080),
-        clip_row("overcast", "sample-0002", None, duration_s=12.0),
-        clip_row("base", "sample-0002", None, duration_s=30.0),
-        clip_row("failed", "sample-0002", None, duration_s=5.0),
-        clip_row("bare", "sample-0002", None),
-        # 'rain' again in a later batch: its row (and duration) win, both batches are listed.
-        clip_row("rain", "sample-0003", RAINY_NIGHT, duration_s=21.0, width=1920, height=1080),
-    ], columns=CLIP_COLUMNS)
-    splits = pd.DataFrame([
-        {"clip_id": "day", "sha256": "sha-day", "split": "train"},
-        {"clip_id": "rain", "sha256": "sha-rain", "split": "eval"},
-        {"clip_id": "rain", "sha256": "sha-rain", "split": "unlabelled"},  # disagrees with its label: not picked
-        {"clip_id": "day", "sha256": "sha-older-video", "split": "eval"},  # another video: not picked
-        {"clip_id": "overcast", "sha256": "sha-overcast", "split": "unlabelled"},
-        {"clip_id": "base", "sha256": "sha-base", "split": "unlabelled"},
-        {"clip_id": "failed", "sha256": "sha-failed", "split": "unlabelled"},
-        {"clip_id": "bare", "sha256": "sha-bare", "split": "unlabelled"},
-    ])
-    captions = pd.DataFrame([
-        caption_row("day", "sample-0001", "baseline", BASELINE_ONLY),
-        caption_row("day", "sample-0001", "finetuned", WRONG_FT),
-        caption_row("rain", "sample-0001", "finetuned", WRONG_FT),
-        caption_row("overcast", "sample-0002", "baseline", BASELINE_ONLY),
-        caption_row("overcast", "sample-0002", "finetuned", variant(weather="Clear skies")),
-        caption_row("overcast", "sample-0003", "finetuned", OVERCAST),  # latest batch wins
-        caption_row("overcast", "sample-0004", "finetuned", WRONG_FT, sha="sha-another-video"),  # stale: ignored
-        caption_row("base", "sample-0002", "baseline", BASELINE_ONLY),
-        caption_row("failed", "sample-0002", "baseline", BASELINE_ONLY),
-        caption_row("failed", "sample-0002", "finetuned", None),  # parse failure: falls back to baseline
-    ], columns=CAPTION_COLUMNS)
+    clips = pd.DataFrame(
+        [
+            clip_row("day", "sample-0001", REAL_LABEL, duration_s=8.5),
+            clip_row("rain", "sample-0001", RAINY_NIGHT, duration_s=20.0, width=1920, height=1080),
+            clip_row("overcast", "sample-0002", None, duration_s=12.0),
+            clip_row("base", "sample-0002", None, duration_s=30.0),
+            clip_row("failed", "sample-0002", None, duration_s=5.0),
+            clip_row("bare", "sample-0002", None),
+            # 'rain' again in a later batch: its row (and duration) win, both batches are listed.
+            clip_row("rain", "sample-0003", RAINY_NIGHT, duration_s=21.0, width=1920, height=1080),
+        ],
+        columns=CLIP_COLUMNS,
+    )
+    splits = pd.DataFrame(
+        [
+            {"clip_id": "day", "sha256": "sha-day", "split": "train"},
+            {"clip_id": "rain", "sha256": "sha-rain", "split": "eval"},
+            {"clip_id": "rain", "sha256": "sha-rain", "split": "unlabelled"},  # disagrees with its label: not picked
+            {"clip_id": "day", "sha256": "sha-older-video", "split": "eval"},  # another video: not picked
+            {"clip_id": "overcast", "sha256": "sha-overcast", "split": "unlabelled"},
+            {"clip_id": "base", "sha256": "sha-base", "split": "unlabelled"},
+            {"clip_id": "failed", "sha256": "sha-failed", "split": "unlabelled"},
+            {"clip_id": "bare", "sha256": "sha-bare", "split": "unlabelled"},
+        ]
+    )
+    captions = pd.DataFrame(
+        [
+            caption_row("day", "sample-0001", "baseline", BASELINE_ONLY),
+            caption_row("day", "sample-0001", "finetuned", WRONG_FT),
+            caption_row("rain", "sample-0001", "finetuned", WRONG_FT),
+            caption_row("overcast", "sample-0002", "baseline", BASELINE_ONLY),
+            caption_row("overcast", "sample-0002", "finetuned", variant(weather="Clear skies")),
+            caption_row("overcast", "sample-0003", "finetuned", OVERCAST),  # latest batch wins
+            caption_row("overcast", "sample-0004", "finetuned", WRONG_FT, sha="sha-another-video"),  # stale: ignored
+            caption_row("base", "sample-0002", "baseline", BASELINE_ONLY),
+            caption_row("failed", "sample-0002", "baseline", BASELINE_ONLY),
+            caption_row("failed", "sample-0002", "finetuned", None),  # parse failure: falls back to baseline
+        ],
+        columns=CAPTION_COLUMNS,
+    )
     return clips, splits, captions
 
 
@@ -141,7 +164,11 @@ def test_counts(built):
 def test_best_source_precedence_human_then_finetuned_then_baseline(db):
     rows = table(db)
     assert rows["answer_source"].fillna("<none>").to_dict() == {
-        "day": "human", "rain": "human", "overcast": "finetuned", "base": "baseline", "failed": "baseline",
+        "day": "human",
+        "rain": "human",
+        "overcast": "finetuned",
+        "base": "baseline",
+        "failed": "baseline",
         "bare": "<none>",
     }
     assert rows.loc["day", "weather"] == "Clear skies"  # human beats the fine-tuned "Heavy rain"
@@ -248,9 +275,9 @@ def test_query_forms_return_exactly_the_expected_clips(db, query, expected):
 
 
 def test_query_values_are_parameters_not_sql(db):
-    assert ids(db, "weather=\"x' OR 1=1 --\"") == set()
-    assert ids(db, "\"'; DROP TABLE clips; --\"") == set()
-    where, params = parse_query("weather=\"x' OR 1=1 --\"")
+    assert ids(db, 'weather="x\' OR 1=1 --"') == set()
+    assert ids(db, '"\'; DROP TABLE clips; --"') == set()
+    where, params = parse_query('weather="x\' OR 1=1 --"')
     assert "OR 1=1" not in where and params == ["x' OR 1=1 --"]
     assert len(ids(db, "")) == 6  # the table survived
 
@@ -263,7 +290,15 @@ def test_unknown_field_names_the_valid_ones(db):
 
 @pytest.mark.parametrize(
     "query",
-    ["duration_s>long", "width=wide", "weather>3", "duration_s~10", "pedestrians_flag=1", 'weather="open', "is_night=maybe"],
+    [
+        "duration_s>long",
+        "width=wide",
+        "weather>3",
+        "duration_s~10",
+        "pedestrians_flag=1",
+        'weather="open',
+        "is_night=maybe",
+    ],
 )
 def test_bad_queries_raise_catalog_query_error(db, query):
     with pytest.raises(CatalogQueryError):

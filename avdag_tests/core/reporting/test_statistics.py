@@ -162,10 +162,20 @@ def test_a_clip_scored_twice_in_one_source_is_an_error():
 
 
 def test_compare_scores_keeps_question_order_and_calls_only_significant_gaps():
-    baseline = pd.concat([score_rows([1, 2] * 10, "weather"), score_rows([5, 5] * 10, "rule_violation"),
-                          score_rows([1, 5, 3] * 6, "safety_analysis")])
-    finetuned = pd.concat([score_rows([5, 4] * 10, "weather"), score_rows([1, 2] * 10, "rule_violation"),
-                           score_rows([5, 1, 3] * 6, "safety_analysis")])
+    baseline = pd.concat(
+        [
+            score_rows([1, 2] * 10, "weather"),
+            score_rows([5, 5] * 10, "rule_violation"),
+            score_rows([1, 5, 3] * 6, "safety_analysis"),
+        ]
+    )
+    finetuned = pd.concat(
+        [
+            score_rows([5, 4] * 10, "weather"),
+            score_rows([1, 2] * 10, "rule_violation"),
+            score_rows([5, 1, 3] * 6, "safety_analysis"),
+        ]
+    )
     questions = ["safety_analysis", "weather", "rule_violation", "lane_type"]
     table = compare_scores(baseline, finetuned, questions).set_index("field")
     assert list(table.index) == questions
@@ -211,8 +221,11 @@ def test_answers_are_compared_in_the_judges_canonical_form():
 
 
 def test_majority_tie_goes_to_the_first_answer_in_sorted_order_and_unlabelled_clips_are_left_out():
-    rows = choice_rows("lighting", ["Daytime (direct sunlight)", "Daytime (diffused light)", None],
-                       ["Daytime (direct sunlight)", "Daytime (direct sunlight)", "Daytime (direct sunlight)"])
+    rows = choice_rows(
+        "lighting",
+        ["Daytime (direct sunlight)", "Daytime (diffused light)", None],
+        ["Daytime (direct sunlight)", "Daytime (direct sunlight)", "Daytime (direct sunlight)"],
+    )
     row = one_row(multiple_choice_table(rows, rows, ["lighting"]))
     assert row["n"] == 2
     assert row["majority_answer"] == "Daytime (diffused light)"

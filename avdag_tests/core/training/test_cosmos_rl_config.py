@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from avdag.core.captioning.conversations import sft_messages
+from avdag.core.training.cosmos_rl import entry as cosmos_rl_entry_module
 from avdag.core.training.cosmos_rl.config import (
     CosmosRlSettings,
     build_cosmos_rl_config,
@@ -24,7 +25,6 @@ from avdag.core.training.cosmos_rl.dataset import overlong_examples, write_conve
 from avdag.core.training.embedded_loop import SftExample, encode_example
 from avdag.demo.sample_batch import REAL_CLIP_DIR
 from avdag_tests.support.sft_examples import synthetic_sft_examples
-from avdag.core.training.cosmos_rl import entry as cosmos_rl_entry_module
 
 # The cookbook recipe's config, verbatim below its license header (nvidia-cosmos/cosmos-cookbook,
 # scripts/examples/reason1/av_video_caption_vqa/avha_sft.toml; Apache-2.0, (c) 2025 NVIDIA CORPORATION).
@@ -110,7 +110,11 @@ def recipe() -> dict:
 
 
 def job_config(settings=CosmosRlSettings(), **paths) -> dict:
-    defaults = {"model": "/models/base", "dataset_path": "/jobs/sft-1/conversations.jsonl", "output_dir": "/jobs/sft-1/outputs"}
+    defaults = {
+        "model": "/models/base",
+        "dataset_path": "/jobs/sft-1/conversations.jsonl",
+        "output_dir": "/jobs/sft-1/outputs",
+    }
     return build_cosmos_rl_config(settings, **{**defaults, **paths}, run_id="sft-1")
 
 
@@ -144,21 +148,58 @@ def test_check_keys_against_recipe_reports_missing_keys(recipe):
 
 def test_every_setting_lands_in_its_recipe_key():
     settings = CosmosRlSettings(
-        epochs=3, learning_rate=1e-5, train_batch_per_replica=12, mini_batch=3, model_max_length=8192, warmup_steps=7,
-        weight_decay=0.05, grad_norm_clip=0.5, tp_size=2, dp_shard_size=4, dp_replicate_size=2, cp_size=1, pp_size=1,
-        gradient_checkpointing=False, save_freq=10, max_keep=3, enable_validation=True, validation_step=11,
-        validation_batch_per_replica=5, wandb=True, redis_port=12900, dataloader_num_workers=2, fps=4.0, max_pixels=1000,
+        epochs=3,
+        learning_rate=1e-5,
+        train_batch_per_replica=12,
+        mini_batch=3,
+        model_max_length=8192,
+        warmup_steps=7,
+        weight_decay=0.05,
+        grad_norm_clip=0.5,
+        tp_size=2,
+        dp_shard_size=4,
+        dp_replicate_size=2,
+        cp_size=1,
+        pp_size=1,
+        gradient_checkpointing=False,
+        save_freq=10,
+        max_keep=3,
+        enable_validation=True,
+        validation_step=11,
+        validation_batch_per_replica=5,
+        wandb=True,
+        redis_port=12900,
+        dataloader_num_workers=2,
+        fps=4.0,
+        max_pixels=1000,
     )
     flat = leaves(job_config(settings))
     expected = {
-        "train.epoch": 3, "train.optm_lr": 1e-5, "train.train_batch_per_replica": 12, "train.train_policy.mini_batch": 3,
-        "policy.model_max_length": 8192, "train.optm_warmup_steps": 7, "train.optm_weight_decay": 0.05,
-        "train.optm_grad_norm_clip": 0.5, "policy.parallelism.tp_size": 2, "policy.parallelism.dp_shard_size": 4,
-        "policy.parallelism.dp_replicate_size": 2, "policy.model_gradient_checkpointing": False, "train.ckpt.save_freq": 10,
-        "train.ckpt.max_keep": 3, "train.enable_validation": True, "validation.enable": True, "train.validation_step": 11,
-        "validation.freq": 11, "train.validation_batch_per_replica": 5, "validation.batch_size": 5,
-        "logging.logger": ["console", "wandb"], "redis": "12900", "train.train_policy.dataloader_num_workers": 2,
-        "custom.fps": 4.0, "custom.max_pixels": 1000,
+        "train.epoch": 3,
+        "train.optm_lr": 1e-5,
+        "train.train_batch_per_replica": 12,
+        "train.train_policy.mini_batch": 3,
+        "policy.model_max_length": 8192,
+        "train.optm_warmup_steps": 7,
+        "train.optm_weight_decay": 0.05,
+        "train.optm_grad_norm_clip": 0.5,
+        "policy.parallelism.tp_size": 2,
+        "policy.parallelism.dp_shard_size": 4,
+        "policy.parallelism.dp_replicate_size": 2,
+        "policy.model_gradient_checkpointing": False,
+        "train.ckpt.save_freq": 10,
+        "train.ckpt.max_keep": 3,
+        "train.enable_validation": True,
+        "validation.enable": True,
+        "train.validation_step": 11,
+        "validation.freq": 11,
+        "train.validation_batch_per_replica": 5,
+        "validation.batch_size": 5,
+        "logging.logger": ["console", "wandb"],
+        "redis": "12900",
+        "train.train_policy.dataloader_num_workers": 2,
+        "custom.fps": 4.0,
+        "custom.max_pixels": 1000,
     }
     assert {key: flat[key] for key in expected} == expected
 
@@ -169,7 +210,11 @@ def test_tp_size_timestamp_logger_and_custom_table_are_set():
     assert config["train"]["timestamp"] == "sft-1"  # non-empty: output_dir is used as is
     assert config["train"]["output_dir"] == "/jobs/sft-1/outputs"
     assert config["logging"]["logger"] == ["console"]
-    assert config["custom"] == {"conversations_jsonl": "/jobs/sft-1/conversations.jsonl", "fps": 2.0, "max_pixels": 16 * 9 * 28 * 28}
+    assert config["custom"] == {
+        "conversations_jsonl": "/jobs/sft-1/conversations.jsonl",
+        "fps": 2.0,
+        "max_pixels": 16 * 9 * 28 * 28,
+    }
 
 
 def test_settings_refuse_what_cosmos_rl_would_reject():
@@ -210,7 +255,8 @@ def test_toml_refuses_values_it_cannot_write():
 @pytest.fixture(scope="module")
 def cosmos_config_class():
     module = pytest.importorskip(
-        "cosmos_rl.policy.config", reason="cosmos-rl is not installed: install the 'cosmos' extra to check configs against it"
+        "cosmos_rl.policy.config",
+        reason="cosmos-rl is not installed: install the 'cosmos' extra to check configs against it",
     )
     return module.Config
 
@@ -283,7 +329,9 @@ def test_entry_script_import_has_no_side_effects_and_needs_no_cosmos_rl(tmp_path
         "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
         "print(callable(module.get_dataset))\n"
     )
-    done = subprocess.run([sys.executable, "-B", "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-B", "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
     assert [p.name for p in tmp_path.iterdir()] == [script.name]  # nothing written beside it or in the cwd
@@ -300,11 +348,17 @@ def test_overlong_examples_are_reported_by_clip_id_with_their_token_counts(tiny_
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(tiny_model_path)
-    real = SftExample("solidWhiteRight", REAL_VIDEO, sft_messages("You label clips.", "Label it.", REAL_VIDEO, REAL_LABEL, fps=2.0, max_pixels=16 * 9 * 28 * 28))
+    real = SftExample(
+        "solidWhiteRight",
+        REAL_VIDEO,
+        sft_messages("You label clips.", "Label it.", REAL_VIDEO, REAL_LABEL, fps=2.0, max_pixels=16 * 9 * 28 * 28),
+    )
     short = examples[0]
     settings = CosmosRlSettings()
     counts = {e.clip_id: encode_example(processor, e, settings)["input_ids"].shape[1] for e in (real, short)}
     assert counts["solidWhiteRight"] > counts[short.clip_id]  # 1152 video tokens vs 144
     limit = CosmosRlSettings(model_max_length=counts[short.clip_id])
     assert overlong_examples([short, real], processor, limit) == [("solidWhiteRight", counts["solidWhiteRight"])]
-    assert overlong_examples([short, real], processor, CosmosRlSettings(model_max_length=counts["solidWhiteRight"])) == []
+    assert (
+        overlong_examples([short, real], processor, CosmosRlSettings(model_max_length=counts["solidWhiteRight"])) == []
+    )

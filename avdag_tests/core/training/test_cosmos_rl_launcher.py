@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from avdag.core.training.cosmos_rl.config import CosmosRlSettings, write_cosmos_rl_toml
-from avdag.core.training.cosmos_rl.launcher import CosmosRlError, check_executables, install_export, launch_cosmos_rl, train_with_cosmos_rl
+from avdag.core.training.cosmos_rl.launcher import (
+    CosmosRlError,
+    check_executables,
+    install_export,
+    launch_cosmos_rl,
+    train_with_cosmos_rl,
+)
 from avdag.core.training.embedded_loop import SftExample
 from avdag.resources.cosmos_trainer import CosmosRlTrainerResource
 from avdag_tests.support.sft_examples import synthetic_sft_examples
@@ -39,7 +45,9 @@ def job(tmp_path) -> tuple[Path, Path]:
 
 
 def test_lines_stream_as_they_arrive_and_losses_are_parsed(tmp_path, job):
-    command = fake_cosmos_rl(tmp_path, """
+    command = fake_cosmos_rl(
+        tmp_path,
+        """
         print("[cosmos] INFO - Step: 1/2, Loss: 1.50000, Grad norm: 0.10000, Iteration time: 1.00s", flush=True)
         deadline = time.time() + 30
         while not ack.exists():  # the launcher must hand the line over before this process ends
@@ -50,7 +58,8 @@ def test_lines_stream_as_they_arrive_and_losses_are_parsed(tmp_path, job):
         export = output_dir / "safetensors" / "step_2"
         export.mkdir(parents=True)
         print(f"[cosmos] INFO - \\n\\nExported safetensors to {export}\\n\\n")
-    """)
+    """,
+    )
     seen, steps = [], []
 
     def log(line: str) -> None:
@@ -58,8 +67,14 @@ def test_lines_stream_as_they_arrive_and_losses_are_parsed(tmp_path, job):
         if "Step: 1/2" in line:
             (tmp_path / "ack").touch()
 
-    run = launch_cosmos_rl(command, *job, log=log, log_dir=tmp_path / "logs", require_redis=False,
-                           on_step=lambda step, total, loss: steps.append((step, total, loss)))
+    run = launch_cosmos_rl(
+        command,
+        *job,
+        log=log,
+        log_dir=tmp_path / "logs",
+        require_redis=False,
+        on_step=lambda step, total, loss: steps.append((step, total, loss)),
+    )
     assert run.losses == [(1, 1.5), (2, 0.125)]
     assert steps == [(1, 2, 1.5), (2, 2, 0.125)]
     assert run.export_dir == tmp_path / "job" / "outputs" / "safetensors" / "step_2"
@@ -68,31 +83,40 @@ def test_lines_stream_as_they_arrive_and_losses_are_parsed(tmp_path, job):
 
 
 def test_without_an_export_line_the_highest_step_folder_is_taken(tmp_path, job):
-    command = fake_cosmos_rl(tmp_path, """
+    command = fake_cosmos_rl(
+        tmp_path,
+        """
         for step in (2, 10, 9):
             (output_dir / "safetensors" / f"step_{step}").mkdir(parents=True)
-    """)
+    """,
+    )
     run = launch_cosmos_rl(command, *job, log=lambda line: None, log_dir=tmp_path, require_redis=False)
     assert run.export_dir.name == "step_10"
 
 
 def test_a_leftover_child_holding_the_output_does_not_block_the_launcher(tmp_path, job):
-    command = fake_cosmos_rl(tmp_path, """
+    command = fake_cosmos_rl(
+        tmp_path,
+        """
         import subprocess
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # inherits stdout, outlives us
         (output_dir / "safetensors" / "step_1").mkdir(parents=True)
-    """)
+    """,
+    )
     start = time.monotonic()
     run = launch_cosmos_rl(command, *job, log=lambda line: None, log_dir=tmp_path, require_redis=False)
     assert run.export_dir.name == "step_1" and time.monotonic() - start < 60
 
 
 def test_a_failed_run_raises_with_the_tail_of_its_log(tmp_path, job):
-    command = fake_cosmos_rl(tmp_path, """
+    command = fake_cosmos_rl(
+        tmp_path,
+        """
         for i in range(50):
             print(f"L{i:03d}")
         sys.exit(7)
-    """)
+    """,
+    )
     with pytest.raises(CosmosRlError, match="exited with code 7") as failure:
         launch_cosmos_rl(command, *job, log=lambda line: None, log_dir=tmp_path, require_redis=False)
     assert "L049" in str(failure.value) and "L010" in str(failure.value) and "L009" not in str(failure.value)
@@ -120,7 +144,9 @@ def test_a_config_without_timestamp_is_refused(tmp_path):
     toml_path = tmp_path / "job.toml"
     write_cosmos_rl_toml({"train": {"output_dir": str(tmp_path), "timestamp": ""}}, toml_path)
     with pytest.raises(ValueError, match="timestamp"):
-        launch_cosmos_rl([sys.executable], toml_path, tmp_path / "e.py", log=print, log_dir=tmp_path, require_redis=False)
+        launch_cosmos_rl(
+            [sys.executable], toml_path, tmp_path / "e.py", log=print, log_dir=tmp_path, require_redis=False
+        )
 
 
 class _Processor:
@@ -145,7 +171,11 @@ def test_install_is_all_or_nothing_and_clears_a_killed_installs_staging(tmp_path
     assert not output.exists()  # no half-written checkpoint for the asset to mistake as trained
     assert list((tmp_path / "checkpoints").iterdir()) == []  # stale and failed staging both gone
     install_export(export, output, _Processor(), {"losses": [[1, 0.5]]})
-    assert sorted(p.name for p in output.iterdir()) == ["avdag_training.json", "model.safetensors", "preprocessor_config.json"]
+    assert sorted(p.name for p in output.iterdir()) == [
+        "avdag_training.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["sft-1"]
 
 
@@ -157,19 +187,43 @@ def examples(tmp_path_factory) -> list[SftExample]:
     return synthetic_sft_examples(tmp_path_factory.mktemp("clips"), 2, seed=1)
 
 
-SMALL_JOB = dict(epochs=2, train_batch_per_replica=1, mini_batch=1, dp_shard_size=1, learning_rate=3e-3, warmup_steps=1, dataloader_num_workers=1)
+SMALL_JOB = dict(
+    epochs=2,
+    train_batch_per_replica=1,
+    mini_batch=1,
+    dp_shard_size=1,
+    learning_rate=3e-3,
+    warmup_steps=1,
+    dataloader_num_workers=1,
+)
 
 
 def test_too_few_examples_for_one_batch_fail_before_launch(examples, tmp_path):
     with pytest.raises(ValueError, match="fill no batch"):  # recipe: 8 ranks x 16 examples per step
-        train_with_cosmos_rl("unused", examples, tmp_path / "out", CosmosRlSettings(), command=[sys.executable], log=print, require_redis=False)
+        train_with_cosmos_rl(
+            "unused",
+            examples,
+            tmp_path / "out",
+            CosmosRlSettings(),
+            command=[sys.executable],
+            log=print,
+            require_redis=False,
+        )
 
 
 def test_overlong_examples_fail_before_launch_naming_each_clip(tiny_model_path, examples, tmp_path):
     settings = CosmosRlSettings(**{**SMALL_JOB, "model_max_length": 100})
     with pytest.raises(ValueError, match="exceed model_max_length=100") as failure:
-        train_with_cosmos_rl(tiny_model_path, examples, tmp_path / "out", settings, command=[sys.executable], log=print,
-                             work_dir=tmp_path / "jobs", require_redis=False)
+        train_with_cosmos_rl(
+            tiny_model_path,
+            examples,
+            tmp_path / "out",
+            settings,
+            command=[sys.executable],
+            log=print,
+            work_dir=tmp_path / "jobs",
+            require_redis=False,
+        )
     assert all(f"{e.clip_id} (" in str(failure.value) for e in examples)
     assert not (tmp_path / "jobs").exists()
 

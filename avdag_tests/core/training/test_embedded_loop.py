@@ -12,12 +12,20 @@ import avdag.core.training.embedded_loop as training_loop
 from avdag.core.captioning.conversations import sft_messages
 from avdag.core.captioning.prompts import load_prompt_set
 from avdag.core.training.embedded_loop import LORA_TARGET_MODULES, SftExample, SftSettings, run_fingerprint, train_sft
-from avdag.resources.trainer import EmbeddedTrainerResource
 from avdag.demo.sample_batch import REAL_CLIP_DIR
+from avdag.resources.trainer import EmbeddedTrainerResource
 
 REAL_VIDEO = str(REAL_CLIP_DIR / "solidWhiteRight.camera_front_wide_120fov.mp4")
 REAL_LABEL = json.loads((REAL_CLIP_DIR / "solidWhiteRight.label.json").read_text())
-LM_PROJECTIONS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+LM_PROJECTIONS = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+]
 
 
 class Interrupted(Exception):
@@ -27,7 +35,13 @@ class Interrupted(Exception):
 def _example(clip_id: str, weather: str) -> SftExample:
     prompts = load_prompt_set()
     label = {**REAL_LABEL, "weather": weather}
-    return SftExample(clip_id, REAL_VIDEO, sft_messages(prompts.system_prompt, prompts.user_prompt, REAL_VIDEO, label, fps=2.0, max_pixels=16 * 9 * 28 * 28))
+    return SftExample(
+        clip_id,
+        REAL_VIDEO,
+        sft_messages(
+            prompts.system_prompt, prompts.user_prompt, REAL_VIDEO, label, fps=2.0, max_pixels=16 * 9 * 28 * 28
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +70,21 @@ def _weights(folder) -> dict[str, torch.Tensor]:
     ],
     ids=["full", "lora-with-dropout"],
 )
-def test_an_interrupted_run_resumes_to_exactly_the_weights_of_an_uninterrupted_one(tiny_model_path, examples, settings, tmp_path, caplog):
+def test_an_interrupted_run_resumes_to_exactly_the_weights_of_an_uninterrupted_one(
+    tiny_model_path, examples, settings, tmp_path, caplog
+):
     reference = train_sft(tiny_model_path, examples, tmp_path / "reference", settings, device="cpu", checkpoint_every=0)
 
     with pytest.raises(Interrupted):
-        train_sft(tiny_model_path, examples, tmp_path / "ckpt", settings, device="cpu", checkpoint_every=3, progress=_interrupt_at(7))
+        train_sft(
+            tiny_model_path,
+            examples,
+            tmp_path / "ckpt",
+            settings,
+            device="cpu",
+            checkpoint_every=3,
+            progress=_interrupt_at(7),
+        )
     state = tmp_path / "ckpt.state"
     assert [p.name for p in state.iterdir()] == ["step-00000006"]  # step 3 replaced by step 6, no staging left
     saved = load_file(state / "step-00000006" / "trainable.safetensors")
@@ -69,7 +93,9 @@ def test_an_interrupted_run_resumes_to_exactly_the_weights_of_an_uninterrupted_o
 
     events = []
     caplog.set_level(logging.INFO, logger=training_loop.__name__)
-    resumed = train_sft(tiny_model_path, examples, tmp_path / "ckpt", settings, device="cpu", checkpoint_every=3, progress=events.append)
+    resumed = train_sft(
+        tiny_model_path, examples, tmp_path / "ckpt", settings, device="cpu", checkpoint_every=3, progress=events.append
+    )
     assert "resuming at step 6" in caplog.text
     assert [e["step"] for e in events] == [7, 8] and {e["resumed_from"] for e in events} == {6}
     assert set(events[0]) == {"step", "steps", "loss", "elapsed_s", "eta_s", "resumed_from", "examples_per_s"}
@@ -82,15 +108,33 @@ def test_an_interrupted_run_resumes_to_exactly_the_weights_of_an_uninterrupted_o
     assert not state.exists()
 
 
-def test_a_state_saved_by_another_run_is_discarded_and_training_starts_from_the_base(tiny_model_path, examples, tmp_path, caplog):
+def test_a_state_saved_by_another_run_is_discarded_and_training_starts_from_the_base(
+    tiny_model_path, examples, tmp_path, caplog
+):
     first = SftSettings(steps=4, batch_size=1, learning_rate=3e-3, warmup_steps=1)
     with pytest.raises(Interrupted):
-        train_sft(tiny_model_path, examples[:1], tmp_path / "ckpt", first, device="cpu", checkpoint_every=2, progress=_interrupt_at(3))
+        train_sft(
+            tiny_model_path,
+            examples[:1],
+            tmp_path / "ckpt",
+            first,
+            device="cpu",
+            checkpoint_every=2,
+            progress=_interrupt_at(3),
+        )
     assert (tmp_path / "ckpt.state" / "step-00000002").is_dir()
 
     other = SftSettings(steps=4, batch_size=1, learning_rate=1e-3, warmup_steps=1)
     events = []
-    result = train_sft(tiny_model_path, examples[:1], tmp_path / "ckpt", other, device="cpu", checkpoint_every=0, progress=events.append)
+    result = train_sft(
+        tiny_model_path,
+        examples[:1],
+        tmp_path / "ckpt",
+        other,
+        device="cpu",
+        checkpoint_every=0,
+        progress=events.append,
+    )
     assert "fingerprint mismatch" in caplog.text and "starting fresh" in caplog.text
     assert [e["step"] for e in events] == [1, 2, 3, 4] and result.resumed_from == 0
     fresh = train_sft(tiny_model_path, examples[:1], tmp_path / "fresh", other, device="cpu", checkpoint_every=0)
@@ -105,10 +149,14 @@ def test_fingerprint_names_base_settings_and_answers(tiny_model_path, examples):
     assert fingerprint != run_fingerprint("nvidia/Cosmos-Reason1-7B", settings, examples)
     assert fingerprint != run_fingerprint(tiny_model_path, SftSettings(learning_rate=1e-4), examples)
     assert fingerprint != run_fingerprint(tiny_model_path, SftSettings(lora_rank=8), examples)
-    assert fingerprint != run_fingerprint(tiny_model_path, settings, [examples[0], _example("rain", "Snow"), examples[2]])
+    assert fingerprint != run_fingerprint(
+        tiny_model_path, settings, [examples[0], _example("rain", "Snow"), examples[2]]
+    )
 
 
-def test_lora_trains_only_language_model_projections_and_exports_a_merged_plain_checkpoint(tiny_model_path, examples, tmp_path):
+def test_lora_trains_only_language_model_projections_and_exports_a_merged_plain_checkpoint(
+    tiny_model_path, examples, tmp_path
+):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     settings = SftSettings(steps=6, batch_size=1, learning_rate=1e-2, warmup_steps=1, lora_rank=8)
@@ -125,7 +173,9 @@ def test_lora_trains_only_language_model_projections_and_exports_a_merged_plain_
     layers = model.config.text_config.num_hidden_layers
     assert adapted == {f"model.language_model.layers.{i}.{p}.weight" for i in range(layers) for p in LM_PROJECTIONS}
     assert all(not torch.equal(base[name], merged[name]) for name in adapted)
-    assert all(torch.equal(base[name], merged[name]) for name in base.keys() - adapted)  # vision tower, embeddings, norms
+    assert all(
+        torch.equal(base[name], merged[name]) for name in base.keys() - adapted
+    )  # vision tower, embeddings, norms
 
     record = json.loads((tmp_path / "lora" / "avdag_training.json").read_text())
     expected_trainable = settings.lora_rank * sum(base[name].shape[0] + base[name].shape[1] for name in adapted)
@@ -135,7 +185,9 @@ def test_lora_trains_only_language_model_projections_and_exports_a_merged_plain_
 
 
 @pytest.mark.parametrize("lora_rank", [0, 8], ids=["full", "lora"])
-def test_a_bf16_model_trains_fp32_master_weights_and_exports_bf16(tiny_model_path, examples, tmp_path, monkeypatch, lora_rank):
+def test_a_bf16_model_trains_fp32_master_weights_and_exports_bf16(
+    tiny_model_path, examples, tmp_path, monkeypatch, lora_rank
+):
     """The GPU's dtype on the CPU: the model loads in bf16, as load_model_and_processor does on CUDA."""
     load = training_loop.load_model_and_processor
 
@@ -146,7 +198,15 @@ def test_a_bf16_model_trains_fp32_master_weights_and_exports_bf16(tiny_model_pat
     monkeypatch.setattr(training_loop, "load_model_and_processor", load_in_bf16)
     settings = SftSettings(steps=3, batch_size=1, learning_rate=1e-2, warmup_steps=1, lora_rank=lora_rank)
     with pytest.raises(Interrupted):
-        train_sft(tiny_model_path, examples[:1], tmp_path / "ckpt", settings, device="cpu", checkpoint_every=2, progress=_interrupt_at(3))
+        train_sft(
+            tiny_model_path,
+            examples[:1],
+            tmp_path / "ckpt",
+            settings,
+            device="cpu",
+            checkpoint_every=2,
+            progress=_interrupt_at(3),
+        )
     saved = load_file(tmp_path / "ckpt.state" / "step-00000002" / "trainable.safetensors")
     assert {t.dtype for t in saved.values()} == {torch.float32}
 
@@ -158,6 +218,9 @@ def test_a_bf16_model_trains_fp32_master_weights_and_exports_bf16(tiny_model_pat
 
 
 def test_checkpoint_cadence_is_not_part_of_the_checkpoint_identity():
-    assert EmbeddedTrainerResource(checkpoint_every=7).settings().as_dict() == EmbeddedTrainerResource().settings().as_dict()
+    assert (
+        EmbeddedTrainerResource(checkpoint_every=7).settings().as_dict()
+        == EmbeddedTrainerResource().settings().as_dict()
+    )
     lora = EmbeddedTrainerResource(lora_rank=8, lora_alpha=32, lora_dropout=0.05).settings()
     assert (lora.lora_rank, lora.lora_alpha, lora.lora_dropout) == (8, 32, 0.05)

@@ -6,11 +6,11 @@ import re
 import dagster as dg
 import pytest
 
-from avdag.defs.pipeline.partitions import clip_batches
 from avdag.core.common.labels import format_label_as_answer
+from avdag.defs.pipeline.partitions import clip_batches
+from avdag.demo.sample_batch import REAL_CLIP_DIR, write_sample_batch
 from avdag.resources.registry import ClipRegistryResource
 from avdag.resources.remote_captioner import OpenAIVlmCaptionerResource
-from avdag.demo.sample_batch import REAL_CLIP_DIR, write_sample_batch
 from avdag_tests.support.openai_stub_server import OpenAIStubServer
 from avdag_tests.support.pipeline_helpers import ALL_ASSETS, small_resources
 
@@ -26,15 +26,26 @@ def landing(tmp_path_factory):
 
 
 def _materialize(landing, server, instance):
-    captioner = OpenAIVlmCaptionerResource(model="nvidia/Cosmos-Reason1-7B", base_urls=[server.base_url], max_in_flight=2)
-    resources = small_resources(str(landing), clip_registry=ClipRegistryResource(path=str(landing / "_reg.sqlite")),
-                                captioner=captioner)
-    return dg.materialize(ALL_ASSETS, selection=["raw_clips", "clip_quarantine", "baseline_captions"], partition_key=BATCH,
-                          resources=resources, instance=instance, raise_on_error=True)
+    captioner = OpenAIVlmCaptionerResource(
+        model="nvidia/Cosmos-Reason1-7B", base_urls=[server.base_url], max_in_flight=2
+    )
+    resources = small_resources(
+        str(landing), clip_registry=ClipRegistryResource(path=str(landing / "_reg.sqlite")), captioner=captioner
+    )
+    return dg.materialize(
+        ALL_ASSETS,
+        selection=["raw_clips", "clip_quarantine", "baseline_captions"],
+        partition_key=BATCH,
+        resources=resources,
+        instance=instance,
+        raise_on_error=True,
+    )
 
 
 def test_baseline_captions_come_from_the_server_and_are_cached(landing, tmp_path, monkeypatch):
-    monkeypatch.setenv("AVDAG_HOME", str(tmp_path / "home"))  # its own assets and instance: nothing leaks into other tests
+    monkeypatch.setenv(
+        "AVDAG_HOME", str(tmp_path / "home")
+    )  # its own assets and instance: nothing leaks into other tests
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(clip_batches.name, [BATCH])
         with OpenAIStubServer(lambda request: ANSWER) as server:

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-from avdag.core.ingest.upload_batch import BatchOnlyRegistry, IngestLimits, ingest_batch
 from avdag.core.ingest.landing import LABEL_SUFFIX, READY_MARKER, VIDEO_SUFFIX, LandingZone
 from avdag.core.ingest.registry import ClipRegistry
+from avdag.core.ingest.upload_batch import BatchOnlyRegistry, IngestLimits, ingest_batch
 from avdag.core.ingest.upload_watch import plan_tick
 from avdag_tests.support.bad_inputs import (
     DUPLICATE_COPY,
@@ -35,8 +34,18 @@ BATCH = "batch-2024_01.a"
 BUCKET = "landing-bucket"
 
 # Every kind the brief names, by the check it must end in.
-EXPECTED_CHECKS = {"clip", "layout", "clip_name", "video_size", "video_decodable", "video_bounds", "duplicate",
-                   "label_json", "label_schema", "orphan_label"}
+EXPECTED_CHECKS = {
+    "clip",
+    "layout",
+    "clip_name",
+    "video_size",
+    "video_decodable",
+    "video_bounds",
+    "duplicate",
+    "label_json",
+    "label_schema",
+    "orphan_label",
+}
 
 
 # --- fixtures -----------------------------------------------------------------------------------
@@ -67,7 +76,7 @@ def account(clips, quarantine, prefix: str) -> dict[str, list[tuple[str, str]]]:
 
     def rel(url: str) -> str:
         assert url.startswith(prefix), f"{url!r} is not under {prefix!r}"
-        return url[len(prefix):]
+        return url[len(prefix) :]
 
     for row in clips:
         outcomes[rel(row["source_url"])].append(("clip", ""))
@@ -89,14 +98,17 @@ def assert_accounted(expected: dict[str, str], reasons: dict[str, tuple[str, ...
     assert not twice, f"files accounted for more than once: {twice}"
     wrong = {rel: (want, outcomes[rel][0]) for rel, want in expected.items() if outcomes[rel][0][0] != want}
     assert not wrong, f"(expected check, got) per file: {wrong}"
-    vague = {rel: (want, outcomes[rel][0][1]) for rel, want in reasons.items()
-             if not all(part in outcomes[rel][0][1] for part in want)}
+    vague = {
+        rel: (want, outcomes[rel][0][1])
+        for rel, want in reasons.items()
+        if not all(part in outcomes[rel][0][1] for part in want)
+    }
     assert not vague, f"reasons missing the expected words: {vague}"
 
 
 def assert_rows(corpus, clips, prefix: str):
     """Clip rows carry the label URL when a label exists and its canonical JSON only when it is valid."""
-    rows = {row["source_url"][len(prefix):]: row for row in clips}
+    rows = {row["source_url"][len(prefix) :]: row for row in clips}
     for rel, row in rows.items():
         clip_id = rel.removeprefix("videos/").removesuffix(VIDEO_SUFFIX)
         label_rel = f"metas/{clip_id}{LABEL_SUFFIX}"
@@ -106,7 +118,11 @@ def assert_rows(corpus, clips, prefix: str):
     good_b = json.loads(rows[f"videos/good_b{VIDEO_SUFFIX}"]["label_json"])
     assert (good_b["weather"], good_b["lighting"]) == ("Overcast", "Daytime (low-contrast daylight)")
     good_c = json.loads(rows[f"videos/good_c{VIDEO_SUFFIX}"]["label_json"])
-    assert (good_c["rule_violation"], good_c["interesting_scenario"], good_c["driving_difficulty"]) == ("True", "False", 3)
+    assert (good_c["rule_violation"], good_c["interesting_scenario"], good_c["driving_difficulty"]) == (
+        "True",
+        "False",
+        3,
+    )
 
 
 def files_under(folder: Path) -> set[Path]:
@@ -138,8 +154,13 @@ def test_local_every_file_accounted_once(corpus, tmp_path):
     zone = LandingZone(str(root))
     assert zone.list_batches() == [BATCH]
     assert zone.marker_signature(BATCH) is not None
-    clips, quarantine = ingest_batch(zone, zone.list_batch(BATCH), tmp_path / "cache", limits=corpus.limits,
-                                     registry=ClipRegistry(tmp_path / "reg.sqlite"))
+    clips, quarantine = ingest_batch(
+        zone,
+        zone.list_batch(BATCH),
+        tmp_path / "cache",
+        limits=corpus.limits,
+        registry=ClipRegistry(tmp_path / "reg.sqlite"),
+    )
     prefix = f"{zone.root}/{BATCH}/"
     assert_accounted(corpus, corpus.reasons, clips, quarantine, prefix)
     assert_rows(corpus, clips, prefix)
@@ -163,10 +184,16 @@ def test_cross_batch_duplicate_is_quarantined_and_reingest_is_idempotent(corpus,
     first = run(BATCH, limits=corpus.limits)
     clips2, quarantine2 = run(second)
     prefix2 = f"{zone.root}/{second}/"
-    assert_accounted(expected_second, {
-        f"videos/renamed_upload{VIDEO_SUFFIX}": (f"same content as clip {DUPLICATE_SOURCE} of batch {BATCH}",),
-        f"metas/renamed_upload{LABEL_SUFFIX}": ("its video renamed_upload was quarantined", f"batch {BATCH}"),
-    }, clips2, quarantine2, prefix2)
+    assert_accounted(
+        expected_second,
+        {
+            f"videos/renamed_upload{VIDEO_SUFFIX}": (f"same content as clip {DUPLICATE_SOURCE} of batch {BATCH}",),
+            f"metas/renamed_upload{LABEL_SUFFIX}": ("its video renamed_upload was quarantined", f"batch {BATCH}"),
+        },
+        clips2,
+        quarantine2,
+        prefix2,
+    )
 
     sha = hashlib.sha256(source.read_bytes()).hexdigest()
     assert registry.sources(sha) == [
@@ -211,8 +238,9 @@ def test_s3_every_file_accounted_once_and_nothing_escapes(s3, corpus, s3_corpus,
     zone = s3_zone(s3, f"{BUCKET}/landing")
     assert zone.list_batches() == [BATCH]
     assert zone.marker_signature(BATCH) is not None
-    clips, quarantine = ingest_batch(zone, zone.list_batch(BATCH), cache, limits=corpus.limits,
-                                     registry=ClipRegistry(work / "reg.sqlite"))
+    clips, quarantine = ingest_batch(
+        zone, zone.list_batch(BATCH), cache, limits=corpus.limits, registry=ClipRegistry(work / "reg.sqlite")
+    )
     prefix = f"s3://{BUCKET}/landing/{BATCH}/"
     assert_accounted(expected, reasons, clips, quarantine, prefix)
     assert_rows(corpus, clips, prefix)
@@ -228,8 +256,14 @@ def test_s3_every_file_accounted_once_and_nothing_escapes(s3, corpus, s3_corpus,
     assert not any("escape" in p.name for p in files_under(tmp_path))
     assert not Path(f"/tmp/escape_abs{VIDEO_SUFFIX}").exists()
     # Only the videos that got as far as decoding were downloaded (layout, name and size checks come first).
-    downloaded = sum(1 for rel, outcome in expected.items() if rel.startswith("videos/") and "/" not in rel[7:]
-                     and rel.endswith(VIDEO_SUFFIX) and outcome not in ("layout", "clip_name", "video_size"))
+    downloaded = sum(
+        1
+        for rel, outcome in expected.items()
+        if rel.startswith("videos/")
+        and "/" not in rel[7:]
+        and rel.endswith(VIDEO_SUFFIX)
+        and outcome not in ("layout", "clip_name", "video_size")
+    )
     assert len(files_under(cache)) == downloaded
 
 
@@ -346,6 +380,4 @@ def test_underscore_files_below_the_batch_root_are_accounted(base_clip, tmp_path
     (batch_dir / READY_MARKER).write_bytes(b"")
     zone = LandingZone(str(tmp_path / "landing"))
     clips, quarantine = ingest_batch(zone, zone.list_batch("batch-u"), tmp_path / "cache")
-    assert_accounted({rel: check for rel, (check, _) in files.items()}, {}, clips, quarantine,
-                     f"{zone.root}/batch-u/")
-
+    assert_accounted({rel: check for rel, (check, _) in files.items()}, {}, clips, quarantine, f"{zone.root}/batch-u/")

@@ -6,12 +6,12 @@ import json
 import dagster as dg
 import pytest
 
-from avdag.defs.pipeline.partitions import clip_batches
 from avdag.defs.ingest.landing_sensor import landing_zone_sensor
+from avdag.defs.pipeline.partitions import clip_batches
+from avdag.demo.sample_batch import REAL_CLIP_ID, write_sample_batch
 from avdag.resources.io_managers import JsonIOManager, ParquetIOManager
 from avdag.resources.registry import ClipRegistryResource
 from avdag.resources.storage import ArtifactStoreResource, LandingZoneResource
-from avdag.demo.sample_batch import REAL_CLIP_ID, write_sample_batch
 from avdag_tests.support.pipeline_helpers import ALL_ASSETS, small_resources, small_run_config
 
 BUCKET = "fleet-uploads"
@@ -69,10 +69,20 @@ def flow(s3, local_batch, own_state, instance):
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     (run_request,) = ready.run_requests
     result = dg.materialize(
-        ALL_ASSETS, partition_key=run_request.partition_key, instance=instance, run_config=small_run_config(),
+        ALL_ASSETS,
+        partition_key=run_request.partition_key,
+        instance=instance,
+        run_config=small_run_config(),
         resources=small_resources(LANDING, s3_endpoint_url=s3.endpoint_url, **own_state),
     )
-    return {"waiting": waiting, "ready": ready, "result": result, "ids": ids, "instance": instance, "batch_dir": batch_dir}
+    return {
+        "waiting": waiting,
+        "ready": ready,
+        "result": result,
+        "ids": ids,
+        "instance": instance,
+        "batch_dir": batch_dir,
+    }
 
 
 def test_upload_in_progress_is_ignored_until_ready(flow):
@@ -115,8 +125,13 @@ def test_duplicate_upload_adds_nothing(flow, s3, own_state):
     assert [r.partition_key for r in tick.run_requests] == ["drive-0001-copy"]
     instance = flow["instance"]
     instance.add_dynamic_partitions(clip_batches.name, ["drive-0001-copy"])
-    run = dg.materialize(ALL_ASSETS, selection=["raw_clips", "clip_quarantine"], partition_key="drive-0001-copy",
-                         instance=instance, resources=small_resources(LANDING, s3_endpoint_url=s3.endpoint_url, **own_state))
+    run = dg.materialize(
+        ALL_ASSETS,
+        selection=["raw_clips", "clip_quarantine"],
+        partition_key="drive-0001-copy",
+        instance=instance,
+        resources=small_resources(LANDING, s3_endpoint_url=s3.endpoint_url, **own_state),
+    )
     assert run.output_for_node("raw_clips", "raw_clips").empty
     quarantine = run.output_for_node("raw_clips", "clip_quarantine")
     videos = quarantine[quarantine["file"].str.contains("/videos/")]

@@ -9,13 +9,13 @@ import json
 import dagster as dg
 import pytest
 
-from avdag.defs.pipeline.partitions import clip_batches
-from avdag.defs.judging.batch_api_sensor import batch_api_judge_sensor
 from avdag.core.common.labels import format_label_as_answer
+from avdag.defs.judging.batch_api_sensor import batch_api_judge_sensor
+from avdag.defs.pipeline.partitions import clip_batches
+from avdag.demo.sample_batch import REAL_CLIP_DIR, write_sample_batch
 from avdag.resources.judge import OpenAIJudgeResource
 from avdag.resources.registry import ClipRegistryResource
 from avdag.resources.remote_captioner import OpenAIVlmCaptionerResource
-from avdag.demo.sample_batch import REAL_CLIP_DIR, write_sample_batch
 from avdag_tests.support.openai_stub_server import OpenAIStubServer
 from avdag_tests.support.pipeline_helpers import ALL_ASSETS, small_resources, small_run_config
 
@@ -37,20 +37,34 @@ def _sense(instance, judge):
 
 def test_batch_scoring_is_submitted_then_collected_by_the_run_the_sensor_requests(landing, tmp_path, monkeypatch):
     monkeypatch.setenv("AVDAG_HOME", str(tmp_path / "home"))  # its own assets, cache and ledger
-    with dg.instance_for_test() as instance, OpenAIStubServer(lambda body: CAPTION) as vlm, \
-            OpenAIStubServer(lambda body: "They agree. <answer>4</answer>") as judge_server:
+    with (
+        dg.instance_for_test() as instance,
+        OpenAIStubServer(lambda body: CAPTION) as vlm,
+        OpenAIStubServer(lambda body: "They agree. <answer>4</answer>") as judge_server,
+    ):
         instance.add_dynamic_partitions(clip_batches.name, [BATCH])
         judge_server.hold_batches = True
-        judge = OpenAIJudgeResource(api_key="test", model="judge-test", base_url=judge_server.base_url,
-                                    use_batch_api=True, max_retries=0)
+        judge = OpenAIJudgeResource(
+            api_key="test", model="judge-test", base_url=judge_server.base_url, use_batch_api=True, max_retries=0
+        )
         captioner = OpenAIVlmCaptionerResource(model="nvidia/Cosmos-Reason1-7B", base_urls=[vlm.base_url])
-        resources = small_resources(str(landing), clip_registry=ClipRegistryResource(path=str(tmp_path / "reg.sqlite")),
-                                    captioner=captioner, judge=judge)
+        resources = small_resources(
+            str(landing),
+            clip_registry=ClipRegistryResource(path=str(tmp_path / "reg.sqlite")),
+            captioner=captioner,
+            judge=judge,
+        )
 
         def materialize(selection, partition=BATCH):
-            return dg.materialize(ALL_ASSETS, selection=selection, partition_key=partition, resources=resources,
-                                  instance=instance, raise_on_error=True,
-                                  run_config=small_run_config() if "clip_splits" in selection else None)
+            return dg.materialize(
+                ALL_ASSETS,
+                selection=selection,
+                partition_key=partition,
+                resources=resources,
+                instance=instance,
+                raise_on_error=True,
+                run_config=small_run_config() if "clip_splits" in selection else None,
+            )
 
         first = materialize(["raw_clips", "clip_quarantine", "clip_splits", "baseline_captions", SCORES])
         materialized = {e.asset_key.to_user_string() for e in first.get_asset_materialization_events()}
@@ -80,8 +94,10 @@ def test_batch_scoring_is_submitted_then_collected_by_the_run_the_sensor_request
         assert requests == len(judged[["question", "human_answer", "model_answer"]].drop_duplicates()) < len(judged)
         assert judged["judge_id"].str.startswith("openai-batch:judge-test@http://127.0.0.1").all()
         assert (scores["score_run_id"] == collected.run_id).all()
-        metadata = {e.asset_key.to_user_string(): e.materialization.metadata
-                    for e in collected.get_asset_materialization_events()}
+        metadata = {
+            e.asset_key.to_user_string(): e.materialization.metadata
+            for e in collected.get_asset_materialization_events()
+        }
         assert metadata[SCORES]["judge_calls"].value == requests == len(judge_server.batch_lines_processed)
         assert metadata[SCORES]["judge_cache_hits"].value == len(judged) - requests
         assert "score_comparison" in metadata

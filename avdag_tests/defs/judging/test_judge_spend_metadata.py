@@ -20,10 +20,11 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from avdag.defs.pipeline.partitions import clip_batches
 from avdag.core.common.labels import WEATHER, format_label_as_answer
-from avdag.core.judging.items import format_judge_prompt
 from avdag.core.ingest.splits import split_for
+from avdag.core.judging.items import format_judge_prompt
+from avdag.defs.pipeline.partitions import clip_batches
+from avdag.demo.sample_batch import REAL_CLIP_DIR, REAL_CLIP_ID, write_sample_batch
 from avdag.resources.captioner import CaptionerResource
 from avdag.resources.io_managers import JsonIOManager, ParquetIOManager
 from avdag.resources.judge import OpenAIJudgeResource
@@ -31,7 +32,6 @@ from avdag.resources.registry import ClipRegistryResource
 from avdag.resources.remote_captioner import OpenAIVlmCaptionerResource
 from avdag.resources.storage import ArtifactStoreResource
 from avdag.resources.trainer import EmbeddedTrainerResource
-from avdag.demo.sample_batch import REAL_CLIP_DIR, REAL_CLIP_ID, write_sample_batch
 from avdag_tests.support.openai_stub_server import OpenAIStubServer, StubReply, chat_completion_body
 from avdag_tests.support.pipeline_helpers import ALL_ASSETS, EVAL_FRACTION, small_resources, small_run_config
 
@@ -136,17 +136,28 @@ def spend(tmp_path_factory, tiny_model_path):
             artifacts=ArtifactStoreResource(root=str(root / "artifacts")),
             parquet_io=ParquetIOManager(base_dir=str(root / "assets")),
             json_io=JsonIOManager(base_dir=str(root / "assets")),
-            captioner=OpenAIVlmCaptionerResource(base_urls=[vlm.base_url], finetuned_base_urls=[vlm.base_url],
-                                                 finetuned_served_model=FINETUNED_MODEL, max_in_flight=2),
+            captioner=OpenAIVlmCaptionerResource(
+                base_urls=[vlm.base_url],
+                finetuned_base_urls=[vlm.base_url],
+                finetuned_served_model=FINETUNED_MODEL,
+                max_in_flight=2,
+            ),
             trainer=EmbeddedTrainerResource(steps=1, batch_size=1, warmup_steps=0),
-            judge=OpenAIJudgeResource(api_key="test", base_url=judge_server.base_url,
-                                      cache_path=str(root / "judge.sqlite")),
+            judge=OpenAIJudgeResource(
+                api_key="test", base_url=judge_server.base_url, cache_path=str(root / "judge.sqlite")
+            ),
         )
 
         def materialize(selection: dg.AssetSelection, **run_config) -> dg.ExecuteInProcessResult:
             # without_checks: the judge calibration checks call the judge too; every request here is the asset's
-            return dg.materialize(ALL_ASSETS, selection=selection.without_checks(), partition_key=BATCH,
-                                  instance=instance, resources=resources, run_config=run_config)
+            return dg.materialize(
+                ALL_ASSETS,
+                selection=selection.without_checks(),
+                partition_key=BATCH,
+                instance=instance,
+                resources=resources,
+                run_config=run_config,
+            )
 
         captioned = dg.AssetSelection.assets("baseline_captions", "finetuned_captions").upstream()
         materialize(captioned.required_multi_asset_neighbors(), **small_run_config())
@@ -163,7 +174,8 @@ def spend(tmp_path_factory, tiny_model_path):
 def _materializations(instance: dg.DagsterInstance, source: str) -> list:
     """The score asset's materializations of BATCH in the instance, oldest first."""
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(f"{source}_judge_scores"), asset_partitions=[BATCH]), limit=100,
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(f"{source}_judge_scores"), asset_partitions=[BATCH]),
+        limit=100,
     ).records
     return sorted(records, key=lambda record: record.storage_id)
 
@@ -179,7 +191,9 @@ def _judged_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _item_prompt(row) -> str:
     """The judge's user turn for a score row: how the server tells items apart."""
-    return format_judge_prompt(PROMPTS.judge_user, row.question, json.loads(row.human_answer), json.loads(row.model_answer))
+    return format_judge_prompt(
+        PROMPTS.judge_user, row.question, json.loads(row.human_answer), json.loads(row.model_answer)
+    )
 
 
 def _expected_spend(runs: list[ScoreRun], index: int) -> dict[str, int]:
@@ -236,8 +250,11 @@ def test_spend_metadata_matches_the_server_traffic(spend, index):
     assert {name: metadata[name] for name in expected} == expected
     # The rows say the same, item by item.
     frame = run.frame
-    assert metadata["scores"] == int(frame["score"].notna().sum()) == len(frame) - sum(
-        expected[k] for k in ("judge_failures", "judge_parse_failures", "judge_out_of_range"))
+    assert (
+        metadata["scores"]
+        == int(frame["score"].notna().sum())
+        == len(frame) - sum(expected[k] for k in ("judge_failures", "judge_parse_failures", "judge_out_of_range"))
+    )
     assert (frame.loc[frame["score"].notna(), "score"] == 4).all()
     assert int(frame["judge_error"].notna().sum()) == expected["judge_failures"]
     assert frame["judge_error"].dropna().str.startswith("HTTP 400 after 1 attempt").all()
@@ -254,7 +271,9 @@ def test_first_baseline_run_asks_every_distinct_item_once(spend):
     distinct = {_item_prompt(row) for row in _judged_rows(first.frame).itertuples()}
     assert metadata["judge_calls"] == len(first.requests) == len(distinct) > 0
     assert metadata["judge_cache_hits"] == metadata["judge_items"] - len(distinct)  # identical items in the batch
-    assert metadata["judge_failures"] > 0 and metadata["judge_parse_failures"] > 0 and metadata["judge_out_of_range"] > 0
+    assert (
+        metadata["judge_failures"] > 0 and metadata["judge_parse_failures"] > 0 and metadata["judge_out_of_range"] > 0
+    )
 
 
 @pytest.mark.parametrize("source", ["baseline", "finetuned"])

@@ -13,10 +13,10 @@ import dagster as dg
 import pytest
 
 from avdag.defs.pipeline.partitions import clip_batches
+from avdag.demo.sample_batch import write_sample_batch
 from avdag.resources.captioner import CaptionerResource
 from avdag.resources.cosmos_trainer import CosmosRlTrainerResource
 from avdag.resources.registry import ClipRegistryResource
-from avdag.demo.sample_batch import write_sample_batch
 from avdag_tests.support.pipeline_helpers import ALL_ASSETS, small_resources
 
 BATCH = "batch-cosmos"
@@ -31,18 +31,45 @@ def landing(tmp_path_factory):
 
 
 def test_sft_checkpoint_trains_through_the_cosmos_rl_launcher(landing, tiny_model_path, tmp_path, monkeypatch):
-    monkeypatch.setenv("AVDAG_HOME", str(tmp_path / "home"))  # its own assets and instance: nothing leaks into other tests
+    monkeypatch.setenv(
+        "AVDAG_HOME", str(tmp_path / "home")
+    )  # its own assets and instance: nothing leaks into other tests
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(clip_batches.name, [BATCH])
-        trainer = CosmosRlTrainerResource(launcher=[sys.executable, STANDIN], require_redis=False, epochs=1, train_batch_per_replica=1,
-                                          mini_batch=1, dp_shard_size=1, learning_rate=3e-3, warmup_steps=1, dataloader_num_workers=1)
-        resources = small_resources(str(landing), clip_registry=ClipRegistryResource(path=str(landing / "_reg.sqlite")), trainer=trainer,
-                                    captioner=CaptionerResource(model=tiny_model_path, max_new_tokens=48))
+        trainer = CosmosRlTrainerResource(
+            launcher=[sys.executable, STANDIN],
+            require_redis=False,
+            epochs=1,
+            train_batch_per_replica=1,
+            mini_batch=1,
+            dp_shard_size=1,
+            learning_rate=3e-3,
+            warmup_steps=1,
+            dataloader_num_workers=1,
+        )
+        resources = small_resources(
+            str(landing),
+            clip_registry=ClipRegistryResource(path=str(landing / "_reg.sqlite")),
+            trainer=trainer,
+            captioner=CaptionerResource(model=tiny_model_path, max_new_tokens=48),
+        )
         config = {"ops": {"clip_splits": {"config": {"eval_fraction": 0.2}}}}
-        dg.materialize(ALL_ASSETS, selection=["raw_clips", "clip_quarantine", "clip_splits"], partition_key=BATCH,
-                       resources=resources, instance=instance, run_config=config, raise_on_error=True)
-        result = dg.materialize(ALL_ASSETS, selection=["split_manifest", "sft_checkpoint"], resources=resources,
-                                instance=instance, raise_on_error=True)
+        dg.materialize(
+            ALL_ASSETS,
+            selection=["raw_clips", "clip_quarantine", "clip_splits"],
+            partition_key=BATCH,
+            resources=resources,
+            instance=instance,
+            run_config=config,
+            raise_on_error=True,
+        )
+        result = dg.materialize(
+            ALL_ASSETS,
+            selection=["split_manifest", "sft_checkpoint"],
+            resources=resources,
+            instance=instance,
+            raise_on_error=True,
+        )
 
         info = result.output_for_node("sft_checkpoint")
         meta = instance.get_latest_materialization_event(dg.AssetKey("sft_checkpoint")).asset_materialization.metadata
@@ -52,4 +79,6 @@ def test_sft_checkpoint_trains_through_the_cosmos_rl_launcher(landing, tiny_mode
         assert record["trainer"] == "cosmos-rl" and record["examples"] == info["train_clips"]
         assert info["weights_hash"].startswith("sha256:") and info["settings"]["epochs"] == 1
         logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
-        assert any(line.startswith("[cosmos]") and "Step: 1/" in line for line in logs), "cosmos-rl log not in the run log"
+        assert any(line.startswith("[cosmos]") and "Step: 1/" in line for line in logs), (
+            "cosmos-rl log not in the run log"
+        )

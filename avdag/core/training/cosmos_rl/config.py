@@ -58,7 +58,8 @@ class CosmosRlSettings:
             raise ValueError(f"parallelism sizes must be >= 1: {sizes}")
         if self.mini_batch < 1 or self.train_batch_per_replica % self.mini_batch:
             raise ValueError(
-                f"train_batch_per_replica ({self.train_batch_per_replica}) must be a multiple of mini_batch ({self.mini_batch})"
+                f"train_batch_per_replica ({self.train_batch_per_replica}) "
+                f"must be a multiple of mini_batch ({self.mini_batch})"
             )
         if self.dataloader_num_workers < 1:
             raise ValueError("dataloader_num_workers must be >= 1: the recipe's prefetch factor needs worker processes")

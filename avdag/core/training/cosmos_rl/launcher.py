@@ -19,9 +19,9 @@ import threading
 import time
 import tomllib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from avdag.core.common.atomic import atomic_directory
 from avdag.core.training.cosmos_rl.config import CosmosRlSettings, build_cosmos_rl_config, write_cosmos_rl_toml
@@ -51,7 +51,9 @@ class CosmosRlRun:
 
 def check_executables(command: list[str], *, require_redis: bool = True) -> None:
     """Fail before any work if the launcher (or the redis-server cosmos-rl's controller starts) is missing."""
-    missing = [name for name in [command[0]] + (["redis-server"] if require_redis else []) if shutil.which(name) is None]
+    missing = [
+        name for name in [command[0]] + (["redis-server"] if require_redis else []) if shutil.which(name) is None
+    ]
     if missing:
         raise CosmosRlError(
             f"not found on PATH: {', '.join(missing)}. cosmos-rl runs on GPU nodes with the 'cosmos' extra "
@@ -77,7 +79,9 @@ def launch_cosmos_rl(
     check_executables(command, require_redis=require_redis)
     config = tomllib.loads(Path(toml_path).read_text(encoding="utf-8"))
     if not config["train"].get("timestamp"):
-        raise ValueError(f"{toml_path}: train.timestamp must be set, or cosmos-rl exports under a new timestamped folder")
+        raise ValueError(
+            f"{toml_path}: train.timestamp must be set, or cosmos-rl exports under a new timestamped folder"
+        )
     output_dir = Path(config["train"]["output_dir"])
     log_path = Path(log_dir) / "cosmos-rl.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,8 +93,15 @@ def launch_cosmos_rl(
     with open(log_path, "a", encoding="utf-8") as log_file:
         log_file.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n")
         process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
-            cwd=Path(toml_path).parent, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            cwd=Path(toml_path).parent,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
         )
         threading.Thread(target=_end_stragglers_after_exit, args=(process,), daemon=True).start()
         try:
@@ -172,10 +183,18 @@ def train_with_cosmos_rl(
     processor = _processor_if_examples_fit(base_model, examples, settings)
     job_dir = Path(work_dir or output_dir.parent / ".cosmos-rl-jobs").absolute() / output_dir.name
     toml_path, script_path = _write_job(job_dir, base_model, examples, settings, run_id=output_dir.name)
-    log(f"cosmos-rl job {job_dir}: {len(examples)} examples, {settings.total_steps(len(examples))} steps, "
-        f"{settings.gpus_per_replica} GPUs per replica")
+    log(
+        f"cosmos-rl job {job_dir}: {len(examples)} examples, {settings.total_steps(len(examples))} steps, "
+        f"{settings.gpus_per_replica} GPUs per replica"
+    )
     run = launch_cosmos_rl(
-        command, toml_path, script_path, log=log, log_dir=job_dir, on_step=_progress_reporter(progress), require_redis=require_redis
+        command,
+        toml_path,
+        script_path,
+        log=log,
+        log_dir=job_dir,
+        on_step=_progress_reporter(progress),
+        require_redis=require_redis,
     )
     record = {
         "trainer": "cosmos-rl",
@@ -237,11 +256,15 @@ def _progress_reporter(progress: Progress | None) -> OnStep | None:
     return on_step
 
 
-def _write_job(job_dir: Path, base_model: str, examples: list[SftExample], settings: CosmosRlSettings, *, run_id: str) -> tuple[Path, Path]:
+def _write_job(
+    job_dir: Path, base_model: str, examples: list[SftExample], settings: CosmosRlSettings, *, run_id: str
+) -> tuple[Path, Path]:
     """conversations.jsonl + job.toml + a copy of the entry script: the job re-runs by hand from here."""
     jsonl, toml_path, script = job_dir / "conversations.jsonl", job_dir / "job.toml", job_dir / ENTRY_SCRIPT.name
     write_conversations_jsonl(examples, jsonl)
-    config = build_cosmos_rl_config(settings, model=base_model, dataset_path=jsonl, output_dir=job_dir / "outputs", run_id=run_id)
+    config = build_cosmos_rl_config(
+        settings, model=base_model, dataset_path=jsonl, output_dir=job_dir / "outputs", run_id=run_id
+    )
     write_cosmos_rl_toml(config, toml_path)
     shutil.copyfile(ENTRY_SCRIPT, script)
     return toml_path, script
