@@ -8,6 +8,7 @@ from pydantic import Field
 from avdag.core.captioning.engine import VlmCaptioner
 from avdag.core.captioning.model import GenerationSettings
 from avdag.core.captioning.prompts import load_prompt_set
+from avdag.core.common.locks import build_once
 from avdag.demo.tiny_model import build_embedded_model
 from avdag.settings import EMBEDDED_MODEL, avdag_home
 
@@ -53,8 +54,8 @@ class CaptionerResource(dg.ConfigurableResource):
         if self.model != EMBEDDED_MODEL:
             return self.model
         target = avdag_home() / "models" / "tiny-qwen2.5-vl"
-        if not (target / "config.json").exists():
-            build_embedded_model(target, self.prompts())
+        prompts = self.prompts()
+        build_once(target, lambda staging: build_embedded_model(staging, prompts), on_reuse=lambda path: path)
         return str(target)
 
     def captioner(self, model_path: str) -> VlmCaptioner:

@@ -41,15 +41,19 @@ def write_json_atomic(path: str | Path, value: Any) -> None:
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield an empty staging folder beside `path`; on success it replaces `path` (a checkpoint, say).
 
-    Staging folders a killed earlier attempt left behind are removed first. Between removing the old
-    folder and the rename, `path` is briefly absent, never half-written.
+    Staging folders are named after the process that owns them; one whose process is gone (a
+    killed earlier attempt) is removed, one whose process still runs is left alone, so concurrent
+    writers never delete each other's work. Between removing an old `path` and the rename, `path`
+    is briefly absent, never half-written; callers that may race for the same `path` hold its
+    `file_lock` (see `avdag.core.common.locks.build_once`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{path.name}.staging-"
     for stale in path.parent.glob(prefix + "*"):
-        shutil.rmtree(stale)
-    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+        if not _owner_alive(stale.name[len(prefix) :]):
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=path.parent))
     try:
         yield staging
         if path.exists():
@@ -57,3 +61,17 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         os.replace(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _owner_alive(suffix: str) -> bool:
+    """Whether the process whose pid starts a staging suffix ('<pid>-<random>') still runs."""
+    pid_text = suffix.split("-", 1)[0]
+    if not pid_text.isdigit():
+        return False  # a staging folder from before pids were recorded
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -57,20 +57,25 @@ class BatchApiTracker:
 
     def refresh(self, submission: BatchApiSubmission) -> BatchApiSubmission:
         """Each running part's current status and counts, saved to the ledger."""
-        changed = False
-        for part in submission.parts:
-            if not part.ended:
-                _update_part(part, self.client.batches.retrieve(part.batch_id))
-                changed = True
-        if changed:
-            self.ledger.save(submission)
-        return submission
+        seen = {
+            part.batch_id: self.client.batches.retrieve(part.batch_id) for part in submission.parts if not part.ended
+        }
+        if not seen:
+            return submission
+
+        def apply(latest: BatchApiSubmission) -> None:
+            for part in latest.parts:
+                if part.batch_id in seen and not part.ended:
+                    _update_part(part, seen[part.batch_id])
+
+        return self.ledger.update(submission.request_key, apply)
 
     def poll(self) -> tuple[list[BatchApiSubmission], list[BatchApiSubmission]]:
         """(ended, still running) among the submissions no run has collected yet."""
         ended, running = [], []
         for submission in self.ledger.uncollected():
-            (ended if self.refresh(submission).ended else running).append(submission)
+            submission = self.refresh(submission)
+            (ended if submission.ended else running).append(submission)
         return ended, running
 
 
@@ -117,22 +122,32 @@ class OpenAIBatchJudge:
         keys = [judge_cache_key(self.cache_scope, item) for item in items]
         submission = self.ledger.covering(self.cache_scope, keys)
         if submission is None:
-            raise BatchApiPending(self._submit(dict(zip(keys, items))), submitted_now=True)
-        if not self.tracker.refresh(submission).ended:
+            submission, submitted_now = self._submit_once(dict(zip(keys, items)))
+            raise BatchApiPending(submission, submitted_now=submitted_now)
+        submission = self.tracker.refresh(submission)
+        if not submission.ended:
             raise BatchApiPending(submission, submitted_now=False)
         verdicts = self._collect(submission)
-        if (
-            submission.requested_by == self.requested_by
-        ):  # another asset's run reading a shared batch leaves it to its owner
-            submission.collected_at = time.time()
-            self.ledger.save(submission)
+        if submission.requested_by == self.requested_by:  # a shared batch stays its owner's to collect
+            collected_at = time.time()
+            self.ledger.update(submission.request_key, lambda latest: setattr(latest, "collected_at", collected_at))
         return [verdicts[key] for key in keys]
 
     # -- submitting ---------------------------------------------------------------------------------
 
-    def _submit(self, items_by_key: dict[str, JudgeItem]) -> BatchApiSubmission:
-        custom_ids = sorted(items_by_key)  # one order for one set, so a re-created part holds the same lines
+    def _submit_once(self, items_by_key: dict[str, JudgeItem]) -> tuple[BatchApiSubmission, bool]:
+        """(submission, bought now): two runs asking for the same requests at once buy one batch."""
+        custom_ids = sorted(items_by_key)
         request_key = submission_key(self.cache_scope, custom_ids)
+        with self.ledger.claim(request_key):
+            existing = self.ledger.load(request_key)
+            if existing is not None and existing.collected_at is None:
+                return existing, False
+            return self._submit(items_by_key, custom_ids, request_key), True
+
+    def _submit(
+        self, items_by_key: dict[str, JudgeItem], custom_ids: list[str], request_key: str
+    ) -> BatchApiSubmission:
         chunks = self._chunks([self._request_line(key, items_by_key[key]) for key in custom_ids])
         adoptable = self._batches_already_created(request_key)
         parts = []

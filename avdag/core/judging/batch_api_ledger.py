@@ -12,11 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from avdag.core.common.atomic import write_json_atomic
+from avdag.core.common.locks import file_lock
 
 # Batch statuses after which nothing more will happen (OpenAI's names).
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -82,7 +84,26 @@ class BatchApiLedger:
         return self.folder / f"{request_key}.json"
 
     def save(self, submission: BatchApiSubmission) -> None:
+        """Write a new record (hold `claim` for its request key while deciding to create it)."""
         write_json_atomic(self._path(submission.request_key), submission.as_dict())
+
+    def claim(self, request_key: str):
+        """An exclusive lock on one request key: who holds it decides alone whether to submit."""
+        return file_lock(self._path(request_key))
+
+    def update(self, request_key: str, change: Callable[[BatchApiSubmission], None]) -> BatchApiSubmission:
+        """Re-read the record under its lock, apply `change`, write it back.
+
+        The sensor (refreshing statuses) and a run (marking collection) may write the same record
+        at once; each change is applied to the latest record, so neither undoes the other's.
+        """
+        with file_lock(self._path(request_key)):
+            submission = self.load(request_key)
+            if submission is None:
+                raise KeyError(f"no judge batch record {self._path(request_key)}")
+            change(submission)
+            write_json_atomic(self._path(request_key), submission.as_dict())
+            return submission
 
     def load(self, request_key: str) -> BatchApiSubmission | None:
         path = self._path(request_key)

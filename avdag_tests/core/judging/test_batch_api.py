@@ -192,3 +192,33 @@ def test_tracker_reports_ended_and_running_submissions_and_one_run_per_partition
     runs = runs_to_request(ended)
     assert list(runs) == ["b1"] and runs["b1"][0] == ["baseline_judge_scores"]
     assert runs_to_request(tracker.poll()[0]) == runs, "the same ended batches must give the same run key"
+
+
+def test_runs_racing_to_submit_the_same_requests_buy_one_batch(server, tmp_path):
+    import threading
+
+    judges = [_judge(server, tmp_path) for _ in range(4)]  # four runs, one ledger folder
+    barrier, outcomes = threading.Barrier(len(judges)), []
+
+    def run(judge):
+        barrier.wait()
+        outcomes.append(_pending(judge, ITEMS).submitted_now)
+
+    threads = [threading.Thread(target=run, args=(judge,)) for judge in judges]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == [False, False, False, True]
+    assert len(server.batches) == 1
+
+
+def test_a_status_refresh_does_not_undo_a_collection(server, tmp_path):
+    judge = _judge(server, tmp_path)
+    submission = _pending(judge, ITEMS).submission
+    stale_copy = judge.ledger.load(submission.request_key)  # what a sensor read before the run collected
+    server.finish_batch(submission.parts[0].batch_id)
+    judge.judge(ITEMS)  # collects: sets collected_at
+    BatchApiTracker(judge.client, judge.ledger).refresh(stale_copy)  # the sensor writes its refresh afterwards
+    assert judge.ledger.load(submission.request_key).collected_at is not None
+    assert judge.ledger.uncollected() == []
