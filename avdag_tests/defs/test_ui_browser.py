@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+try:
+    from playwright import sync_api
+except ImportError:  # a failure below, never a skip: `make test` installs it
+    sync_api = None
 CHROMIUM = shutil.which("chromium")
-if CHROMIUM is None:
-    pytest.skip(
-        "Debian's chromium is not on PATH (.ci/run installs it with apt-get install chromium)", allow_module_level=True
-    )
 
 import dagster as dg  # noqa: E402
 
@@ -35,9 +34,25 @@ TIMEOUT_MS = 30_000  # per UI expectation; the code location loads in a few seco
 STARTUP_S = 90
 
 
+def _browser_missing() -> str | None:
+    """Why this module cannot drive a browser; None when it can. A missing browser fails, it does not skip."""
+    if sync_api is None:
+        return "playwright is not installed (the [test] extra); run `make test`, which installs it"
+    if CHROMIUM is None:
+        return "Debian's chromium is not installed; run `make test`, which installs it"
+    return None
+
+
+def test_browser_is_installed():
+    if missing := _browser_missing():
+        pytest.fail(missing, pytrace=False)
+
+
 @pytest.fixture(scope="module")
 def demo_home(tmp_path_factory, tiny_model_path):
     """A fresh $AVDAG_HOME laid out as the demo's (instance in $AVDAG_HOME/dagster), with the batch materialized."""
+    if missing := _browser_missing():
+        pytest.fail(missing, pytrace=False)  # before the materialization: the UI tests cannot run without a browser
     home = tmp_path_factory.mktemp("ui_home")
     dagster_home = home / "dagster"
     dagster_home.mkdir()
