@@ -136,6 +136,7 @@ problems = [f"ships tests: {n}" for n in names if n.startswith("avdag_tests/")]
 # Package data, byte for byte: the prompts and workspace.yaml through avdag/'s links to the top-level sources.
 required = {f"avdag/prompts/{p.name}": p for p in sorted(Path("prompts").iterdir()) if p.is_file()}
 required["avdag/workspace.yaml"] = Path("workspace.yaml")
+required["avdag/dagster.yaml"] = Path("avdag/dagster.yaml")
 required |= {f"avdag/demo/sample_data/real/{p.name}": p for p in sorted(Path("avdag/demo/sample_data/real").iterdir())}
 for name, source in required.items():
     if name not in names:
@@ -145,7 +146,7 @@ for name, source in required.items():
 prompts = [n for n in names if n.startswith("avdag/prompts/")]
 top = sorted({n.split("/")[0] for n in names})
 print(f"wheel-check: {Path(sys.argv[1]).name}: {len(names)} files, top level {top}; "
-      f"prompts {len(prompts)} files, sample clip folder {len(required) - len(prompts) - 1} files, workspace.yaml")
+      f"prompts {len(prompts)} files, sample clip folder {len(required) - len(prompts) - 2} files, workspace.yaml, dagster.yaml")
 if problems:
     sys.exit("wheel-check: the wheel is wrong:\n  " + "\n  ".join(problems))
 PY

@@ -10,40 +10,74 @@ import sys
 import time
 from pathlib import Path
 
-from avdag.core.common.package_files import workspace_file
+from avdag.core.common.atomic import write_bytes_atomic
+from avdag.core.common.package_files import instance_config_file, workspace_file
 from avdag.settings import Settings, SettingsError, avdag_home
 
 DEMO_BATCH = "sample-0001"
 
 
 def _prepare_environment() -> None:
+    """Point Dagster at `$AVDAG_HOME/dagster` with the instance config avdag ships (run queue limits)."""
     dagster_home = Settings.from_env().dagster_home
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
+    shipped = instance_config_file().read_text(encoding="utf-8")
     if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+        write_bytes_atomic(config, shipped.encode("utf-8"))
+    elif "avdag/stage" not in config.read_text(encoding="utf-8"):
+        print(
+            f"note: {config} lacks avdag's run queue limits (one training run at a time); see {instance_config_file()}"
+        )
 
 
 def run_batch(batch: str) -> int:
-    """Materialize every asset for `batch` into the persistent instance; print the results."""
+    """Everything for `batch`, in the persistent instance, as the sensors would chain it; print the results.
+
+    1. the clip batch run (ingest, baseline captions and scores; fine-tuned ones if a checkpoint is in service),
+    2. the training run (candidate, evaluation on the eval split, promotion if not worse),
+    3. fine-tuned captions and scores for every batch not yet scored with the checkpoint in service,
+    4. the reporting run (comparison chart, catalog).
+    Runs are tagged like the sensor's, so a sensor switched on later launches only what is new.
+    """
     _prepare_environment()
     import dagster as dg
 
-    from avdag.definitions import defs
+    from avdag.definitions import build_resources, defs
+    from avdag.defs.ingest.landing_sensor import FINGERPRINT_TAG
+    from avdag.defs.pipeline.jobs import FINETUNED_ASSETS
     from avdag.defs.pipeline.partitions import clip_batches
+    from avdag.defs.training.promotion_sensor import batches_behind
 
     instance = dg.DagsterInstance.get()
     if not instance.has_dynamic_partition(clip_batches.name, batch):
         instance.add_dynamic_partitions(clip_batches.name, [batch])
+    fingerprint = build_resources()["landing_zone"].zone().batch_fingerprint(batch)
     started = time.perf_counter()
-    result = defs.resolve_job_def("batch_pipeline").execute_in_process(
-        partition_key=batch, instance=instance, raise_on_error=False
-    )
-    print(f"\nrun {result.run_id}: {'success' if result.success else 'FAILED'} in {time.perf_counter() - started:.0f}s")
-    _print_step_times(instance, result.run_id)
-    if not result.success:
+
+    def run(title: str, job: str, **kwargs) -> bool:
+        result = defs.resolve_job_def(job).execute_in_process(instance=instance, raise_on_error=False, **kwargs)
+        print(f"\n{title}: run {result.run_id} {'success' if result.success else 'FAILED'}")
+        _print_step_times(instance, result.run_id)
+        return result.success
+
+    ok = run(f"clip batch {batch}", "clip_batch_pipeline", partition_key=batch, tags={FINGERPRINT_TAG: fingerprint})
+    ok = ok and run("training", "training_pipeline")
+    if ok:
+        checkpoint_id, _, behind = batches_behind(instance)
+        for other in behind:
+            keys = [dg.AssetKey(name) for name in FINETUNED_ASSETS]
+            ok = ok and run(
+                f"fine-tuned captions of {other} ({checkpoint_id})",
+                "clip_batch_pipeline",
+                partition_key=other,
+                asset_selection=keys,
+            )
+    ok = ok and run("reports", "reporting_pipeline")
+    print(f"\n{'done' if ok else 'FAILED'} in {time.perf_counter() - started:.0f}s")
+    if not ok:
         return 1
     _print_report()
     return 0
@@ -57,9 +91,11 @@ def _print_step_times(instance, run_id: str) -> None:
 
 def _print_report() -> None:
     from avdag.core.reporting.charts import format_difference
+    from avdag.core.reporting.published import latest_report
 
-    report_path = avdag_home() / "reports" / "comparison.json"
-    report = json.loads(report_path.read_text())
+    files = latest_report(avdag_home() / "reports")
+    report_path = files.json
+    report = json.loads(Path(report_path).read_text())
     print(f"\nJudge scores on {report['eval_clips']} eval clip(s), judge {', '.join(report['judge_ids'])}")
     print(
         "mean per question (a missing answer counts as 1); diff = fine-tuned - baseline, paired by clip, "
@@ -83,7 +119,7 @@ def _print_report() -> None:
             f"{row['field']:<34}{_num(row['baseline_accuracy']):>10}{_num(row['finetuned_accuracy']):>11}   "
             f"{_num(row['majority_accuracy'])} ({json.dumps(row['majority_answer'])}, n={row['n']})"
         )
-    print(f"\nchart: {avdag_home() / 'reports' / 'comparison.png'}")
+    print(f"\nchart: {files.png}")
     print(f"table: {report_path}")
     print('search the clips: .venv/bin/avdag search weather="Light rain" night   (more in the README)')
 

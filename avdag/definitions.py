@@ -17,10 +17,14 @@ from avdag.defs.judging import judge_scores
 from avdag.defs.judging.batch_api_sensor import batch_api_judge_sensor
 from avdag.defs.judging.checks import baseline_judge_calibration, finetuned_judge_calibration
 from avdag.defs.pipeline.code_versions import code_versions, with_code_versions
-from avdag.defs.pipeline.jobs import batch_pipeline_job
+from avdag.defs.pipeline.jobs import JOBS
 from avdag.defs.pipeline.schedules import nightly_reprocess
 from avdag.defs.reporting import clip_catalog, score_comparison
-from avdag.defs.training import sft_checkpoint
+from avdag.defs.reporting.reports_sensor import reports_sensor
+from avdag.defs.training import promotion, sft_checkpoint
+from avdag.defs.training.promotion import candidate_not_worse
+from avdag.defs.training.promotion_sensor import promotion_sensor
+from avdag.defs.training.training_sensor import training_sensor
 from avdag.resources.captioner import CaptionerResource
 from avdag.resources.cosmos_trainer import CosmosRlTrainerResource
 from avdag.resources.io_managers import JsonIOManager, ParquetIOManager
@@ -29,6 +33,7 @@ from avdag.resources.registry import ClipRegistryResource
 from avdag.resources.remote_captioner import OpenAIVlmCaptionerResource
 from avdag.resources.storage import ArtifactStoreResource, LandingZoneResource
 from avdag.resources.trainer import EmbeddedTrainerResource
+from avdag.resources.training_trigger import TrainingTriggerResource
 from avdag.settings import Settings
 
 
@@ -78,6 +83,9 @@ def build_resources(settings: Settings | None = None) -> dict:
         "captioner": _captioner(settings),
         "trainer": _trainer(settings),
         "judge": _judge(settings),
+        "training_trigger": TrainingTriggerResource(min_new_train_clips=settings.train_after_new_clips)
+        if settings.train_after_new_clips is not None
+        else TrainingTriggerResource(),
         "parquet_io": ParquetIOManager(),
         "json_io": JsonIOManager(),
     }
@@ -90,19 +98,20 @@ ASSET_CHECKS = [
     finetuned_captions_check,
     baseline_judge_calibration,
     finetuned_judge_calibration,
+    candidate_not_worse,
 ]
 
 _resources = build_resources()
 defs = dg.Definitions(
     assets=with_code_versions(
         dg.load_assets_from_modules(
-            [raw_clips, splits, captions, sft_checkpoint, judge_scores, score_comparison, clip_catalog]
+            [raw_clips, splits, captions, sft_checkpoint, promotion, judge_scores, score_comparison, clip_catalog]
         ),
         code_versions(_resources),
     ),
     asset_checks=ASSET_CHECKS,
-    jobs=[batch_pipeline_job],
-    sensors=[landing_zone_sensor, batch_api_judge_sensor],
+    jobs=JOBS,
+    sensors=[landing_zone_sensor, training_sensor, promotion_sensor, reports_sensor, batch_api_judge_sensor],
     schedules=[nightly_reprocess],
     resources=_resources,
 )

@@ -51,6 +51,7 @@ class Settings:
     vlm_api_key_set: bool
     trainer: TrainerKind
     sft_steps: int | None
+    train_after_new_clips: int | None
     cosmos_rl_launcher: tuple[str, ...]
     cosmos_rl_work_dir: str | None
     openai_api_key_set: bool
@@ -84,6 +85,7 @@ class Settings:
             vlm_api_key_set=bool(env.text("AVDAG_VLM_API_KEY")),
             trainer=env.choice("AVDAG_TRAINER", TrainerKind, default="embedded"),
             sft_steps=env.positive_int("AVDAG_SFT_STEPS"),
+            train_after_new_clips=env.positive_int("AVDAG_TRAIN_AFTER_NEW_CLIPS"),
             cosmos_rl_launcher=tuple(shlex.split(env.text("AVDAG_COSMOS_RL_LAUNCHER") or DEFAULT_COSMOS_RL_LAUNCHER)),
             cosmos_rl_work_dir=env.text("AVDAG_COSMOS_RL_WORK_DIR"),
             openai_api_key_set=bool(env.text("OPENAI_API_KEY")),

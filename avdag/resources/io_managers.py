@@ -20,6 +20,9 @@ from avdag.settings import avdag_home
 # always a {partition: value} dict (Dagster returns a bare value when only one partition exists),
 # and partitions not yet materialized are skipped rather than failing the run.
 ALL_PARTITIONS = {"allow_missing_partitions": True, "partitions_as_dict": True}
+# Input metadata for an unpartitioned input that may not exist yet (no checkpoint in service before
+# the first promotion): the asset receives None instead of failing.
+OPTIONAL_INPUT = {"optional": True}
 
 
 def concat_partitions(value: Any) -> pd.DataFrame:
@@ -52,6 +55,8 @@ class _AtomicUPathIOManager(dg.UPathIOManager):
         A reader of all partitions (an asset check cannot ask for allow_missing_partitions) must
         not break because one batch's run failed before this asset; concat_partitions drops None.
         """
+        if context.definition_metadata.get("optional") and not path.exists():
+            return None
         if context.has_asset_partitions and len(context.asset_partition_keys) > 1 and not path.exists():
             context.log.warning(f"{path} was never materialized; that partition is left out")
             return None

@@ -71,6 +71,8 @@ def test_every_asset_materialized(pipeline_run):
         "split_manifest",
         "baseline_captions",
         "sft_checkpoint",
+        "candidate_evaluation",
+        "checkpoint_in_service",
         "finetuned_captions",
         "baseline_judge_scores",
         "finetuned_judge_scores",
@@ -85,11 +87,28 @@ def test_every_asset_materialized(pipeline_run):
         ("clip_quarantine", "quarantine_counts"),
         ("baseline_judge_scores", "judge_calibration"),
         ("finetuned_judge_scores", "judge_calibration"),
+        ("candidate_evaluation", "candidate_not_worse"),
     }
     assert checks[("baseline_judge_scores", "judge_calibration")] is True, (
         "the offline judge separates right from wrong"
     )
     assert checks[("split_manifest", "no_train_eval_leak")] is True
+    assert checks[("candidate_evaluation", "candidate_not_worse")] is True  # gated the promotion
+
+
+def test_the_candidate_is_judged_on_the_eval_split_against_the_base_model_then_promoted(pipeline_run):
+    result, _, ids = pipeline_run
+    evaluation = result.output_for_node("candidate_evaluation")
+    checkpoint = result.output_for_node("sft_checkpoint")
+    service = result.output_for_node("checkpoint_in_service")
+    eval_ids = {c for c in ids if split_for(c, EVAL_FRACTION) == "eval"}
+    assert {entry.split("/", 1)[1] for entry in evaluation["eval_clips"]} == eval_ids  # eval clips only
+    assert evaluation["champion"]["checkpoint_id"] == "base-model"  # nothing was in service before
+    assert evaluation["candidate"]["checkpoint_id"] == checkpoint["checkpoint_id"]
+    assert evaluation["split_manifest_hash"] == checkpoint["split_manifest_hash"]
+    assert evaluation["decision"]["eval_clips"] == len(eval_ids) and evaluation["decision"]["promote"]
+    assert service["checkpoint_id"] == checkpoint["checkpoint_id"] and service["replaces"] == "base-model"
+    assert service["weights_hash"] == checkpoint["weights_hash"]
 
 
 def test_bad_inputs_are_quarantined_and_the_batch_goes_on(pipeline_run):
@@ -204,11 +223,19 @@ def test_cli_lineage_prints_the_chain_and_names_what_is_missing(pipeline_run, ca
 
 
 def test_comparison_report_written_as_png_and_json(pipeline_run, avdag_home):
+    from pathlib import Path
+
+    from avdag.core.reporting.published import latest_report
+
     result, _, _ = pipeline_run
     report = result.output_for_node("score_comparison")
-    png = (avdag_home / "reports" / "comparison.png").read_bytes()
+    files = latest_report(avdag_home / "reports")
+    assert Path(files.json).parent == Path(files.png).parent  # published together
+    png = Path(files.png).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    on_disk = json.loads((avdag_home / "reports" / "comparison.json").read_text())
+    on_disk = json.loads(Path(files.json).read_text())
+    assert on_disk["made_by_run"] == result.run_id and on_disk["batches_left_out"] == []
+    assert on_disk["weights_hash"] == result.output_for_node("checkpoint_in_service")["weights_hash"]
     assert on_disk["questions"] == 15 == len(report["table"])
     assert on_disk == json.loads(json.dumps(report))
     assert [row["field"] for row in on_disk["table"]][:2] == ["weather", "lighting"]

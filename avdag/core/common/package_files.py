@@ -25,3 +25,8 @@ def project_prompts_dir() -> Path:
 def workspace_file() -> Path:
     """The Dagster workspace file `avdag ui` starts `dagster dev` with."""
     return _package_path("workspace.yaml")
+
+
+def instance_config_file() -> Path:
+    """The Dagster instance config avdag ships (run queue limits per stage)."""
+    return _package_path("dagster.yaml")

@@ -11,6 +11,7 @@ from avdag.core.common.labels import FIELD_COUNT
 from avdag.defs.pipeline.partitions import FOLLOW_NEW_CLIPS, clip_batches
 from avdag.defs.pipeline.pools import GPU_POOL
 from avdag.resources.captioner import CaptionerResource
+from avdag.resources.io_managers import OPTIONAL_INPUT
 from avdag.resources.storage import ArtifactStoreResource
 
 
@@ -71,25 +72,31 @@ def baseline_captions(
 
 @dg.asset(
     partitions_def=clip_batches,
+    ins={"checkpoint_in_service": dg.AssetIn(metadata=OPTIONAL_INPUT)},
     io_manager_key="parquet_io",
     group_name="captions",
     pool=GPU_POOL,
     kinds={"pytorch", "parquet"},
+    output_required=False,  # nothing to do before the first promotion
 )
 def finetuned_captions(
     context: dg.AssetExecutionContext,
     raw_clips: pd.DataFrame,
-    sft_checkpoint: dict,
+    checkpoint_in_service: dict | None,
     captioner: CaptionerResource,
     artifacts: ArtifactStoreResource,
-) -> dg.Output[pd.DataFrame]:
-    """The same captioner, loading the fine-tuned checkpoint."""
-    return _run_captioning(
+):
+    """The same captioner, loading the checkpoint in service (the last promoted one), never a mere candidate."""
+    if not checkpoint_in_service:
+        context.log.info("no checkpoint in service yet: fine-tuned captions wait for the first promotion")
+        return
+    yield _run_captioning(
         context,
         captioner,
         artifacts,
-        sft_checkpoint["path"],
+        checkpoint_in_service["path"],
         raw_clips,
         "finetuned",
-        checkpoint_id=dg.MetadataValue.text(sft_checkpoint["checkpoint_id"]),
+        checkpoint_id=dg.MetadataValue.text(checkpoint_in_service["checkpoint_id"]),
+        weights_hash=dg.MetadataValue.text(checkpoint_in_service["weights_hash"]),
     )

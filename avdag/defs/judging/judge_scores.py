@@ -56,6 +56,8 @@ def build_judge_scores_asset(source: CaptionSource) -> dg.AssetsDefinition:
                 "eval_clips": len(eval_clips),
                 "scores": int(frame["score"].notna().sum()),
                 "judge_id": dg.MetadataValue.text(scorer.judge_id),
+                # which model wrote the judged captions: sensors match it against the checkpoint in service
+                "model_hash": dg.MetadataValue.text(",".join(sorted(set(captions["model_hash"].astype(str))))),
                 "mean_score": float(pd.to_numeric(frame["score"]).mean())
                 if frame["score"].notna().any()
                 else float("nan"),

@@ -42,7 +42,9 @@ def code_versions(resources: dict[str, Any]) -> dict[str, str]:
     )
     judging = _digest("judge", type(judge).__name__, getattr(judge, "model", None), prompts.judge_hash)
     versions = dict.fromkeys(CAPTION_ASSETS, caption) | dict.fromkeys(TRAINING_ASSETS, training)
-    return versions | dict.fromkeys(JUDGE_ASSETS, judging)
+    # The promotion evaluation captions and judges: it changes with either.
+    evaluation = _digest("evaluation", caption, judging)
+    return versions | dict.fromkeys(JUDGE_ASSETS, judging) | {"candidate_evaluation": evaluation}
 
 
 def with_code_versions(assets, versions: dict[str, str]):

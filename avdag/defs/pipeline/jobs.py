@@ -1,11 +1,55 @@
-"""Jobs the sensor and schedule launch: the whole chain for one clip batch."""
+"""The three jobs, split by what changes when.
+
+- `clip_batch_pipeline`, one run per clip batch (partition), many at once: ingest, splits,
+  baseline captions and scores, and fine-tuned captions and scores with the checkpoint in service.
+  It never trains and never writes a collection-wide asset.
+- `training_pipeline`, unpartitioned, one run at a time: split manifest (blocking leak check), SFT
+  checkpoint, champion/challenger evaluation on the eval split, promotion (blocking gate).
+- `reporting_pipeline`, one run at a time: the comparison chart and the clip catalog.
+
+"One run at a time" is the instance's run queue: runs carry the tag `avdag/stage`, and the
+instance config avdag ships (`avdag/dagster.yaml`) limits the training and reporting stages to one
+run each. Every job runs its steps in one process (the in-process executor): torch and the model
+are loaded once per run, not once per step.
+"""
 
 import dagster as dg
 
-# Everything from upload to chart. sft_checkpoint and score_comparison are unpartitioned and
-# run in the same job, over all batches, after the batch's own assets.
-batch_pipeline_job = dg.define_asset_job(
-    "batch_pipeline",
-    selection=dg.AssetSelection.all(),
-    description="Ingest, caption, fine-tune, re-caption, judge and compare for one clip batch.",
+STAGE_TAG = "avdag/stage"
+
+PER_BATCH_ASSETS = (
+    "raw_clips",
+    "clip_quarantine",
+    "clip_splits",
+    "baseline_captions",
+    "baseline_judge_scores",
+    "finetuned_captions",
+    "finetuned_judge_scores",
 )
+FINETUNED_ASSETS = ("finetuned_captions", "finetuned_judge_scores")
+TRAINING_ASSETS = ("split_manifest", "sft_checkpoint", "candidate_evaluation", "checkpoint_in_service")
+REPORTING_ASSETS = ("score_comparison", "clip_catalog")
+
+clip_batch_pipeline = dg.define_asset_job(
+    "clip_batch_pipeline",
+    selection=dg.AssetSelection.assets(*PER_BATCH_ASSETS),
+    tags={STAGE_TAG: "clip-batch"},
+    executor_def=dg.in_process_executor,
+    description="Ingest, split, caption and judge one clip batch (fine-tuned with the checkpoint in service).",
+)
+training_pipeline = dg.define_asset_job(
+    "training_pipeline",
+    selection=dg.AssetSelection.assets(*TRAINING_ASSETS),
+    tags={STAGE_TAG: "training"},
+    executor_def=dg.in_process_executor,
+    description="Train a candidate on every batch's train split, judge it against the checkpoint in service "
+    "on the eval split, promote it if it is not worse.",
+)
+reporting_pipeline = dg.define_asset_job(
+    "reporting_pipeline",
+    selection=dg.AssetSelection.assets(*REPORTING_ASSETS),
+    tags={STAGE_TAG: "reporting"},
+    executor_def=dg.in_process_executor,
+    description="Baseline vs the checkpoint in service over every batch's eval clips; the clip catalog.",
+)
+JOBS = [clip_batch_pipeline, training_pipeline, reporting_pipeline]

@@ -8,7 +8,7 @@ clips whose (content, model, prompt, settings) changed are recomputed.
 import dagster as dg
 
 from avdag.core.ingest.staleness import batches_to_reprocess
-from avdag.defs.pipeline.jobs import batch_pipeline_job
+from avdag.defs.pipeline.jobs import clip_batch_pipeline
 from avdag.defs.pipeline.partitions import clip_batches
 
 
@@ -18,7 +18,7 @@ def _latest(instance: dg.DagsterInstance, key: str) -> dict[str, int]:
     )
 
 
-@dg.schedule(job=batch_pipeline_job, cron_schedule="0 2 * * *", default_status=dg.DefaultScheduleStatus.STOPPED)
+@dg.schedule(job=clip_batch_pipeline, cron_schedule="0 2 * * *", default_status=dg.DefaultScheduleStatus.STOPPED)
 def nightly_reprocess(context: dg.ScheduleEvaluationContext):
     instance = context.instance
     batches = clip_batches.get_partition_keys(dynamic_partitions_store=instance)

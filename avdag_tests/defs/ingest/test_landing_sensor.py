@@ -16,8 +16,12 @@ def _batch(root, name, *, ready=True, content=b"video bytes: the sensor never de
         (root / name / "_READY").write_text("")
 
 
-def _tick(root, cursor=None):
-    context = dg.build_sensor_context(cursor=cursor, resources={"landing_zone": LandingZoneResource(url=str(root))})
+def _tick(root, cursor=None, instance=None):
+    context = dg.build_sensor_context(
+        cursor=cursor,
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        resources={"landing_zone": LandingZoneResource(url=str(root))},
+    )
     return landing_zone_sensor(context)
 
 
@@ -94,3 +98,33 @@ def test_unsafe_folder_names_are_not_batches(tmp_path):
         (tmp_path / name / "_READY").write_text("")
     _batch(tmp_path, "ok-batch")
     assert _launched(_tick(tmp_path)) == ["ok-batch"]
+
+
+def test_content_another_launcher_processed_is_not_launched_again(tmp_path):
+    """`avdag demo` tags its batch run with the content fingerprint; a sensor switched on later skips it."""
+    from avdag.defs.ingest.landing_sensor import FINGERPRINT_TAG
+    from avdag.resources.storage import LandingZoneResource
+
+    _batch(tmp_path, "batch-demo")
+    _batch(tmp_path, "batch-new", content=b"other bytes")
+    fingerprint = LandingZoneResource(url=str(tmp_path)).zone().batch_fingerprint("batch-demo")
+
+    @dg.op
+    def noop():
+        pass
+
+    @dg.job
+    def demo_run():
+        noop()
+
+    with dg.instance_for_test() as instance:
+        demo_run.execute_in_process(
+            instance=instance, tags={"dagster/partition": "batch-demo", FINGERPRINT_TAG: fingerprint}
+        )
+        result = _tick(tmp_path, instance=instance)
+        assert _launched(result) == ["batch-new"]
+        assert set(json.loads(result.cursor)["seen"]) == {"batch-demo", "batch-new"}  # both recorded as seen
+        _batch(tmp_path, "batch-demo", content=b"re-uploaded, changed")  # changed content runs again
+        (tmp_path / "batch-demo" / "_READY").write_text("again")
+        again = _tick(tmp_path, cursor=result.cursor, instance=instance)
+        assert _launched(again) == ["batch-demo"]

@@ -40,7 +40,11 @@ def local_batch(tmp_path_factory):
 
 def _tick(s3, cursor=None):
     resource = LandingZoneResource(url=LANDING, s3_endpoint_url=s3.endpoint_url)
-    return landing_zone_sensor(dg.build_sensor_context(cursor=cursor, resources={"landing_zone": resource}))
+    return landing_zone_sensor(
+        dg.build_sensor_context(
+            cursor=cursor, instance=dg.DagsterInstance.ephemeral(), resources={"landing_zone": resource}
+        )
+    )
 
 
 def _upload_without_marker(s3, local_dir, batch):
