@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test test-cosmos ui bench install system-packages lint wheel-check clean
+.PHONY: demo test test-slow test-cosmos ui bench install system-packages lint wheel-check clean
 
 ## The venv: avdag (editable) with its test extra and every dependency, from pip. Redone when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -68,7 +68,12 @@ demo: $(VENV)/.installed
 
 ## Lint, then the test suite (unit, asset, sensor, browser, end-to-end on a small batch).
 test: system-packages $(VENV)/.installed lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
+
+## The slow suites (marked `slow`): the platform through the real Dagster daemon, long benchmarks' smoke runs.
+## CI runs them after `make test`.
+test-slow: system-packages $(VENV)/.installed
+	$(PY) -m pytest -q -m slow
 
 ## Lint: ruff's checks and its formatter in check mode (settings in pyproject.toml). Fixes nothing.
 lint: $(VENV)/.installed

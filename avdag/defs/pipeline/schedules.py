@@ -1,7 +1,7 @@
 """Nightly reprocessing: a run for every batch whose captions are missing or stale.
 
 "Stale" means older than the clips they describe (a re-upload) or, for fine-tuned captions,
-older than the current checkpoint. Unchanged batches are left alone; and within a run only
+older than the checkpoint in service. Unchanged batches are left alone; and within a run only
 clips whose (content, model, prompt, settings) changed are recomputed.
 """
 
@@ -24,7 +24,7 @@ def nightly_reprocess(context: dg.ScheduleEvaluationContext):
     batches = clip_batches.get_partition_keys(dynamic_partitions_store=instance)
     if not batches:
         return dg.SkipReason("no clip batches yet")
-    checkpoint = instance.fetch_materializations(dg.AssetKey("sft_checkpoint"), limit=1).records
+    checkpoint = instance.fetch_materializations(dg.AssetKey("checkpoint_in_service"), limit=1).records
     reasons = batches_to_reprocess(
         batches,
         _latest(instance, "raw_clips"),

@@ -27,7 +27,7 @@ from avdag.defs.pipeline.partitions import clip_batches
 from avdag.demo.sample_batch import REAL_CLIP_DIR, REAL_CLIP_ID, write_sample_batch
 from avdag.resources.captioner import CaptionerResource
 from avdag.resources.io_managers import JsonIOManager, ParquetIOManager
-from avdag.resources.judge import OpenAIJudgeResource
+from avdag.resources.judge import OfflineJudgeResource, OpenAIJudgeResource
 from avdag.resources.registry import ClipRegistryResource
 from avdag.resources.remote_captioner import OpenAIVlmCaptionerResource
 from avdag.resources.storage import ArtifactStoreResource
@@ -148,19 +148,21 @@ def spend(tmp_path_factory, tiny_model_path):
             ),
         )
 
-        def materialize(selection: dg.AssetSelection, **run_config) -> dg.ExecuteInProcessResult:
+        def materialize(selection: dg.AssetSelection, judge=None, **run_config) -> dg.ExecuteInProcessResult:
             # without_checks: the judge calibration checks call the judge too; every request here is the asset's
             return dg.materialize(
                 ALL_ASSETS,
                 selection=selection.without_checks(),
                 partition_key=BATCH,
                 instance=instance,
-                resources=resources,
+                resources={**resources, **({"judge": judge} if judge else {})},
                 run_config=run_config,
             )
 
+        # Captions and the promoted checkpoint first. The promotion's own evaluation judges with the
+        # offline judge here, so the stub judge and its cache see only the score assets' traffic.
         captioned = dg.AssetSelection.assets("baseline_captions", "finetuned_captions").upstream()
-        materialize(captioned.required_multi_asset_neighbors(), **small_run_config())
+        materialize(captioned.required_multi_asset_neighbors(), judge=OfflineJudgeResource(), **small_run_config())
         assert not judge_server.requests
         runs = []
         for source in ("baseline", "finetuned", "baseline", "finetuned"):
