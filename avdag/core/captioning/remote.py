@@ -32,16 +32,18 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import openai
-import torch
 from PIL import Image
 
 from avdag.core.captioning.conversations import Message, caption_messages
 from avdag.core.captioning.model import CaptionOutput, GenerationSettings
 from avdag.core.common.http_retry import failure_text, is_retryable, wait_before_retry
 from avdag.core.ingest.video import FRAME_FACTOR, IMAGE_FACTOR, SampledVideo, VideoError, sample_frames
+
+if TYPE_CHECKING:
+    import torch
 
 VideoTransport = Literal["frames", "video"]
 VIDEO_TRANSPORTS: tuple[VideoTransport, ...] = ("frames", "video")
@@ -64,6 +66,8 @@ def remote_model_hash(model: str, model_revision: str, video_transport: VideoTra
 
 def jpeg_base64_frames(frames: torch.Tensor) -> list[str]:
     """Base64 JPEGs of sampled frames (float T x 3 x H x W holding whole values 0..255)."""
+    import torch
+
     pixels = frames.to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
     return [_jpeg_base64(frame) for frame in pixels]
 

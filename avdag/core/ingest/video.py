@@ -43,11 +43,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
-import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as tv_functional
+
+if TYPE_CHECKING:  # torch and torchvision load on first decode, not on import: probing and
+    import torch  # light Dagster steps (ingest, reports) never pay their import time
 
 __all__ = [
     "FRAME_FACTOR",
@@ -160,6 +161,8 @@ def smart_nframes(
 
 def frame_indices(total_frames: int, nframes: int) -> list[int]:
     """Evenly spaced source indices; float32 linspace + round-half-even, exactly as the recipe."""
+    import torch
+
     return torch.linspace(0, total_frames - 1, nframes).round().long().tolist()
 
 
@@ -353,11 +356,16 @@ def probe_video(path: str | os.PathLike[str]) -> VideoProbe:
 
 def _frame_to_rgb(frame: av.VideoFrame) -> torch.Tensor:
     """One decoded frame as uint8 3 x H x W RGB (swscale, as torchcodec does)."""
+    import torch
+
     return torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
 
 
 def _resize_frame(rgb: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The recipe's resize on uint8 input (torchvision rounds and clamps back to uint8)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as tv_functional
+
     return tv_functional.resize(
         rgb.unsqueeze(0), list(size), interpolation=InterpolationMode.BICUBIC, antialias=True
     ).squeeze(0)
@@ -423,6 +431,8 @@ def sample_frames(
     If fewer frames decode than the header promises (a cut-off recording), the plan is redone once on
     the decoded count. Raises VideoError for unusable files, ValueError for inconsistent arguments.
     """
+    import torch
+
     path = Path(path)
     min_px = VIDEO_MIN_PIXELS if min_pixels is None else min_pixels
     if max_pixels < min_px:
