@@ -95,21 +95,8 @@ DEFAULT_SEARCH_COLUMNS = (
     "duration_s",
     "source_url",
 )
-# Answer text a bare search word looks in.
-SEARCH_TEXT_FIELDS = (
-    "weather",
-    "lighting",
-    "road_conditions",
-    "traffic_light",
-    "traffic_sign",
-    "additional_traffic_rules",
-    "road_type",
-    "junction_type",
-    "lane_type",
-    "additional_map_rules",
-    "interactive_expanded_metaaction",
-    "safety_analysis",
-)
+# Answer text a bare search word looks in: every field but the difficulty grade and the two booleans.
+SEARCH_TEXT_FIELDS = tuple(f for f in FIELDS if f != "driving_difficulty" and f not in BOOLEAN_FIELDS)
 FIELD_ALIASES = {"metaaction": "interactive_expanded_metaaction", "difficulty": "driving_difficulty"}
 FLAGS = {
     "pedestrians": "has_pedestrians IS TRUE",
