@@ -85,8 +85,9 @@ def run_batch(batch: str) -> int:
 
 def _print_step_times(instance, run_id: str) -> None:
     for stat in sorted(instance.get_run_step_stats(run_id), key=lambda s: s.start_time or 0):
-        took = (stat.end_time or 0) - (stat.start_time or 0)
-        print(f"  {stat.step_key:<40} {stat.status.value if stat.status else '?':<8} {took:7.1f}s")
+        status = stat.status.value if stat.status else "?"
+        took = f"{stat.end_time - stat.start_time:7.1f}s" if stat.start_time and stat.end_time else "      -"
+        print(f"  {stat.step_key:<50} {status:<8} {took}")
 
 
 def _print_report() -> None:
