@@ -110,6 +110,7 @@ ui: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m avdag_tests.bench.bench_ingest
 	$(PY) -m avdag_tests.bench.bench_captioning
+	$(PY) -m avdag_tests.bench.bench_platform
 
 clean:
 	rm -rf $(AVDAG_HOME)

@@ -9,9 +9,14 @@ the eval split, blocking gate, promotion), fine-tuned captions and scores for ev
 While the training run is in flight a user launches a second one (`dagster job launch`): the run queue
 holds it until the first has ended, and it then finds the checkpoint trained ("cached").
 
-The negative control runs the same platform on an instance config without the training stage's limit
-and shows that the second training run then overlaps the first; the checkpoint's file lock still
-trains it once.
+Training starts once all three batches' train clips have landed (AVDAG_TRAIN_AFTER_NEW_CLIPS = that count),
+so one candidate covers the three batches; with a threshold of 1, a sensor tick that sees one batch trains on
+it alone, and the next candidate (more clips) may be refused by the blocking `candidate_not_worse` gate, which
+fails its run.
+
+The negative control runs the same platform (one batch, a longer training) on an instance config without the
+training stage's limit and no code changed: the user's training run then overlaps the sensor's; the
+checkpoint's file lock still trains the checkpoint once.
 
 Both are slow (many minutes on two CPU cores) and marked so: `pytest -m slow avdag_tests/defs/test_daemon_platform.py`.
 """
@@ -43,6 +48,7 @@ from avdag_tests.support.daemon import (
     platform_env,
     prepare_home,
     shipped_instance_config,
+    stage_limits,
 )
 
 pytestmark = pytest.mark.slow
@@ -55,7 +61,13 @@ CLIPS_PER_BATCH = 5
 # train side, so the train count does not depend on which batch's run registers the content first.
 DUPLICATE_SOURCE = ("batch-a", "syn-0004-0000")
 DUPLICATE_COPY = ("batch-b", "dup-copy")
-SFT_STEPS = 6
+# Enough steps that the training run outlasts a `dagster job launch` (which starts a code server of its own,
+# 7-20 s here) with room to spare; more only makes the test slower.
+SFT_STEPS = 12
+# The negative control needs the user's run to be *running* (dequeued, process started) before the sensor's
+# ends, not just submitted: a longer first training run leaves room for that (~0.9 s a step on an idle 2-core
+# machine; with 12 steps the two runs overlapped by only ~5 s).
+RACING_SFT_STEPS = 48
 MAX_NEW_TOKENS = 48
 TIMEOUT_S = 30 * 60
 POLL_S = 2.0
@@ -131,6 +143,7 @@ def _run_platform(
     batches: dict[str, int],
     *,
     stop_after_training: bool,
+    sft_steps: int = SFT_STEPS,
 ) -> Outcome:
     """Start the daemon on a fresh home, make `batches` ready at once, launch a second training run while the
     first is in flight, and wait until the platform is done (or, with `stop_after_training`, until both
@@ -143,7 +156,7 @@ def _run_platform(
     env = platform_env(
         home,
         landing_url=str(landing),
-        sft_steps=SFT_STEPS,
+        sft_steps=sft_steps,
         max_new_tokens=MAX_NEW_TOKENS,
         # Training starts once every batch's train clips have landed: one candidate for the three batches.
         # (With 1, a tick that sees one batch trains on it alone, and the next candidate may be refused by
@@ -257,7 +270,9 @@ def _add_timings(outcome: Outcome, ready_wall: float) -> None:
 @pytest.fixture(scope="module")
 def platform_run(tmp_path_factory, tiny_model_path) -> Outcome:
     home = tmp_path_factory.mktemp("daemon_platform")
-    return _run_platform(home, tiny_model_path, shipped_instance_config(), BATCH_SEEDS, stop_after_training=False)
+    config = shipped_instance_config()
+    assert stage_limits(config).get("training") == 1, "the shipped instance config should allow one training run"
+    return _run_platform(home, tiny_model_path, config, BATCH_SEEDS, stop_after_training=False)
 
 
 def _in_service(outcome: Outcome) -> Materialized:
@@ -342,12 +357,14 @@ def test_the_duplicate_is_one_clip(platform_run):
     assert len(sha) == 1, f"the duplicated content is {len(sha)} clip rows: {clips[clips['sha256'].isin(sha)]}"
     kept = clips[clips["sha256"] == sha.iloc[0]].iloc[0]
     duplicates = quarantine[quarantine["check"] == "duplicate"]
-    assert len(duplicates) == 1
     other_batch, other_id = (dup_batch, dup_id) if kept["batch"] == src_batch else (src_batch, src_id)
-    assert duplicates.iloc[0]["batch"] == other_batch and duplicates.iloc[0]["file"].endswith(
-        f"/{other_id}{VIDEO_SUFFIX}"
+    # The later upload's video is quarantined as a duplicate of the kept clip, and its label goes with it.
+    assert sorted(Path(f).name for f in duplicates["file"]) == sorted(
+        [f"{other_id}{LABEL_SUFFIX}", f"{other_id}{VIDEO_SUFFIX}"]
     )
-    assert f"same content as clip {kept['clip_id']} of batch {kept['batch']}" in duplicates.iloc[0]["reason"]
+    assert set(duplicates["batch"]) == {other_batch}
+    video_row = duplicates[duplicates["file"].str.endswith(VIDEO_SUFFIX)].iloc[0]
+    assert f"same content as clip {kept['clip_id']} of batch {kept['batch']}" in video_row["reason"]
     with sqlite3.connect(platform_run.home / "registry.sqlite") as db:
         sources = db.execute("SELECT batch, clip_id FROM sources WHERE sha256 = ?", (kept["sha256"],)).fetchall()
         owners = db.execute("SELECT batch, clip_id FROM clips WHERE sha256 = ?", (kept["sha256"],)).fetchall()
@@ -392,9 +409,9 @@ def racing_run(tmp_path_factory, tiny_model_path) -> Outcome:
     (no code changed). Stops once both training runs have ended."""
     home = tmp_path_factory.mktemp("daemon_platform_no_limit")
     config = instance_config_without_limit("training")
-    assert "training" not in config and "reporting" in config
+    assert "training" not in stage_limits(config) and stage_limits(config).get("reporting") == 1
     batches = {"batch-a": BATCH_SEEDS["batch-a"]}
-    return _run_platform(home, tiny_model_path, config, batches, stop_after_training=True)
+    return _run_platform(home, tiny_model_path, config, batches, stop_after_training=True, sft_steps=RACING_SFT_STEPS)
 
 
 def test_without_the_queue_limit_the_training_runs_overlap(racing_run):
@@ -403,9 +420,9 @@ def test_without_the_queue_limit_the_training_runs_overlap(racing_run):
         (r.label(), r.status) for r in trainings
     ]
     first, second = sorted(trainings, key=lambda r: r.start)
-    print(
-        f"overlap: {first.label()} {first.start:.1f}-{first.end:.1f}, {second.label()} {second.start:.1f}-{second.end:.1f}"
-    )
+    shared = min(first.end, second.end) - max(first.start, second.start)
+    print(f"training runs: {first.label()} ran {first.end - first.start:.1f}s, {second.label()} started ", end="")
+    print(f"{second.start - first.start:.1f}s after it; both in flight for {shared:.1f}s")
     assert overlaps(first, second), "without the run queue's training limit the two training runs should overlap"
 
 

@@ -43,14 +43,27 @@ def shipped_instance_config() -> str:
     return instance_config_file().read_text(encoding="utf-8")
 
 
-def instance_config_without_limit(stage: str) -> str:
-    """The shipped instance config with the run queue's limit for one `avdag/stage` value removed.
+def _queue_sections(config: dict) -> list[dict]:
+    """Where run queue limits live: `run_queue`, or `concurrency: runs:` (Dagster's newer spelling)."""
+    return [section for section in (config.get("run_queue"), (config.get("concurrency") or {}).get("runs")) if section]
 
-    The limits may sit under `run_queue` or under `concurrency: runs:` (Dagster's newer spelling)."""
+
+def stage_limits(instance_config: str) -> dict[str, int]:
+    """`avdag/stage` value -> run limit, as an instance config sets them."""
+    config = yaml.safe_load(instance_config) or {}
+    return {
+        limit["value"]: int(limit["limit"])
+        for section in _queue_sections(config)
+        for limit in section.get("tag_concurrency_limits") or []
+        if limit.get("key") == STAGE_TAG
+    }
+
+
+def instance_config_without_limit(stage: str) -> str:
+    """The shipped instance config with the run queue's limit for one `avdag/stage` value removed."""
     config = yaml.safe_load(shipped_instance_config())
-    sections = [config.get("run_queue"), (config.get("concurrency") or {}).get("runs")]
     removed = 0
-    for section in filter(None, sections):
+    for section in _queue_sections(config):
         limits = section.get("tag_concurrency_limits") or []
         kept = [limit for limit in limits if not (limit.get("key") == STAGE_TAG and limit.get("value") == stage)]
         removed += len(limits) - len(kept)
@@ -134,6 +147,13 @@ class Platform:
     def start_daemon(self, live_timeout_s: float = 180) -> float:
         """`dagster-daemon run -w workspace.yaml`; returns once it heartbeats (seconds it took)."""
         started = time.monotonic()
+        # Create the fresh instance's SQLite storages (runs, schedules, event index) here, before the daemon,
+        # its code server and the CLI open them at once: concurrent first opens race on alembic's schema
+        # stamp (seen once: `check_alembic_revision` -> CommandError in a CLI process).
+        self.instance.get_run_records(limit=1)
+        self.instance.all_instigator_state()
+        self.instance.get_daemon_heartbeats()
+        self.instance.fetch_materializations(dg.AssetKey("avdag_storage_init"), limit=1)
         with open(self.daemon_log, "ab") as log:
             self._daemon = subprocess.Popen(
                 [str(BIN / "dagster-daemon"), "run", "-w", str(WORKSPACE)],
