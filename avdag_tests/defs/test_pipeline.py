@@ -299,3 +299,29 @@ def test_cli_search_accepts_negated_terms(pipeline_run, capsys):
     assert main(["search", "-unlabelled", "--limit", "100"]) == 0
     out = capsys.readouterr().out
     assert "badlabel" not in out and REAL_CLIP_ID in out
+
+
+def test_a_second_candidate_is_judged_against_the_checkpoint_in_service(pipeline_run, landing):
+    """Runs last in this module: it trains another checkpoint and may change the one in service."""
+    from avdag.resources.trainer import EmbeddedTrainerResource
+
+    result, instance, _ = pipeline_run
+    root, _ = landing
+    first = result.output_for_node("checkpoint_in_service")
+    again = dg.materialize(
+        ALL_ASSETS,
+        selection=["split_manifest", "sft_checkpoint", "candidate_evaluation", "checkpoint_in_service"],
+        resources=_resources(root, trainer=EmbeddedTrainerResource(steps=4, batch_size=1, warmup_steps=1)),
+        instance=instance,
+        raise_on_error=False,
+    )
+    evaluation = again.output_for_node("candidate_evaluation")
+    assert evaluation["champion"]["checkpoint_id"] == first["checkpoint_id"]
+    assert (
+        evaluation["champion"]["path"] == first["path"]
+        and evaluation["champion"]["weights_hash"] == first["weights_hash"]
+    )
+    assert evaluation["candidate"]["checkpoint_id"] != first["checkpoint_id"]
+    gate = {e.check_name: e.passed for e in again.get_asset_check_evaluations()}["candidate_not_worse"]
+    promoted = {e.asset_key.to_user_string() for e in again.get_asset_materialization_events()}
+    assert ("checkpoint_in_service" in promoted) == gate == evaluation["decision"]["promote"]

@@ -70,7 +70,11 @@ def candidate_evaluation(
     # a cycle: the promotion depends on this evaluation); its storage id is kept for lineage.
     service = latest(context.instance, "checkpoint_in_service")
     if service is not None:
-        champion = {k: service.metadata[k] for k in ("checkpoint_id", "path", "weights_hash")}
+        champion = {
+            "checkpoint_id": service.metadata["checkpoint_id"],
+            "path": service.metadata["checkpoint_path"],  # "path" is the IO manager's: the record's file
+            "weights_hash": service.metadata["weights_hash"],
+        }
         champion["service_storage_id"] = service.storage_id
     else:
         base = captioner.base_model_path()
@@ -164,7 +168,7 @@ def checkpoint_in_service(context: dg.AssetExecutionContext, candidate_evaluatio
         {
             "checkpoint_id": dg.MetadataValue.text(record["checkpoint_id"]),
             "weights_hash": dg.MetadataValue.text(record["weights_hash"]),
-            "path": dg.MetadataValue.path(record["path"]),
+            "checkpoint_path": dg.MetadataValue.path(record["path"]),
             "replaces": dg.MetadataValue.text(record["replaces"]),
             "reason": dg.MetadataValue.text(record["decision"]["reason"]),
         }
