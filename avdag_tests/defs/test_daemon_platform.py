@@ -65,9 +65,9 @@ DUPLICATE_COPY = ("batch-b", "dup-copy")
 # 7-20 s here) with room to spare; more only makes the test slower.
 SFT_STEPS = 12
 # The negative control needs the user's run to be *running* (dequeued, process started) before the sensor's
-# ends, not just submitted: a longer first training run leaves room for that (~0.9 s a step on an idle 2-core
-# machine; with 12 steps the two runs overlapped by only ~5 s).
-RACING_SFT_STEPS = 48
+# ends, not just submitted: a longer first training run leaves room for that. A step takes ~0.9 s on an idle
+# 2-core machine and up to ~5 s when other work shares it; with 12 steps the runs overlapped by only ~5 s.
+RACING_SFT_STEPS = 30
 MAX_NEW_TOKENS = 48
 TIMEOUT_S = 30 * 60
 POLL_S = 2.0

@@ -7,6 +7,7 @@ and applies the promotion rule. The blocking check `candidate_not_worse` gates
 """
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -72,7 +73,7 @@ def candidate_evaluation(
     if service is not None:
         champion = {
             "checkpoint_id": service.metadata["checkpoint_id"],
-            "path": service.metadata["checkpoint_path"],  # "path" is the IO manager's: the record's file
+            "path": _champion_path(service.metadata),
             "weights_hash": service.metadata["weights_hash"],
         }
         champion["service_storage_id"] = service.storage_id
@@ -129,6 +130,14 @@ def candidate_evaluation(
             ),
         },
     )
+
+
+def _champion_path(metadata: dict) -> str:
+    """The champion's folder: its own metadata key; a record made before that key existed is read instead
+    ("path" is the IO manager's key and names the record file)."""
+    if "checkpoint_path" in metadata:
+        return metadata["checkpoint_path"]
+    return json.loads(Path(metadata["path"]).read_text(encoding="utf-8"))["path"]
 
 
 @dg.asset_check(

@@ -106,7 +106,7 @@ def sft_checkpoint(
             "first_loss": float(losses[0][1]) if losses else float("nan"),
             "train_seconds": float(seconds),
             "weights_hash": dg.MetadataValue.text(info["weights_hash"]),
-            "path": dg.MetadataValue.path(str(output_dir)),
+            "checkpoint_path": dg.MetadataValue.path(str(output_dir)),  # "path" is the IO manager's
             "loss_curve": dg.MetadataValue.md(png_markdown(png, "loss curve")),
         },
     )
