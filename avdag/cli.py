@@ -49,6 +49,7 @@ def run_batch(batch: str) -> int:
     from avdag.defs.ingest.landing_sensor import FINGERPRINT_TAG
     from avdag.defs.pipeline.jobs import FINETUNED_ASSETS
     from avdag.defs.pipeline.partitions import clip_batches
+    from avdag.defs.training.promotion import refusal_in_run
     from avdag.defs.training.promotion_sensor import batches_behind
 
     instance = dg.DagsterInstance.get()
@@ -59,9 +60,13 @@ def run_batch(batch: str) -> int:
 
     def run(title: str, job: str, **kwargs) -> bool:
         result = defs.resolve_job_def(job).execute_in_process(instance=instance, raise_on_error=False, **kwargs)
-        print(f"\n{title}: run {result.run_id} {'success' if result.success else 'FAILED'}")
+        refusal = None if result.success else refusal_in_run(instance, result.run_id)
+        outcome = "success" if result.success else "candidate refused by the gate" if refusal else "FAILED"
+        print(f"\n{title}: run {result.run_id} {outcome}")
         _print_step_times(instance, result.run_id)
-        return result.success
+        if refusal:
+            print(f"  {refusal}; the checkpoint in service stays")
+        return result.success or refusal is not None
 
     ok = run(f"clip batch {batch}", "clip_batch_pipeline", partition_key=batch, tags={FINGERPRINT_TAG: fingerprint})
     ok = ok and run("training", "training_pipeline")

@@ -9,7 +9,8 @@ from pydantic import Field
 from avdag.core.captioning.prompts import PromptSet
 from avdag.core.judging.batch_api import BatchApiTracker, OpenAIBatchJudge
 from avdag.core.judging.batch_api_ledger import BatchApiLedger
-from avdag.core.judging.judges import DEFAULT_MAX_IN_FLIGHT, OfflineEmbeddingJudge, OpenAIChatJudge
+from avdag.core.judging.judges import DEFAULT_MAX_IN_FLIGHT, OpenAIChatJudge
+from avdag.core.judging.offline_judge import OfflineEmbeddingJudge
 from avdag.core.judging.verdict_cache import JudgeCache
 from avdag.settings import avdag_home
 

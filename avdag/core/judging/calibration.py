@@ -19,7 +19,8 @@ import pandas as pd
 
 from avdag.core.common.labels import MULTIPLE_CHOICE_FIELDS, normalize_text
 from avdag.core.judging.items import JudgeItem
-from avdag.core.judging.judges import JudgeVerdict, canonical_multiple_choice
+from avdag.core.judging.judges import JudgeVerdict
+from avdag.core.judging.offline_judge import canonical_multiple_choice
 
 FIELD_COLUMNS = ("field", "self_mean", "other_mean", "gap", "n_self", "n_other")
 # On the 1-5 rubric: a perfect answer should score at least 4, and 2 points above a wrong one.

@@ -33,7 +33,7 @@ import pandas as pd
 
 from avdag.core.captioning.model import CaptionSource
 from avdag.core.common.labels import MULTIPLE_CHOICE_FIELDS
-from avdag.core.judging.judges import canonical_multiple_choice
+from avdag.core.judging.offline_judge import canonical_multiple_choice
 
 SOURCES: tuple[CaptionSource, ...] = get_args(CaptionSource)
 CLIP_KEY = ["batch", "clip_id"]

@@ -159,6 +159,26 @@ def candidate_not_worse(candidate_evaluation: dict) -> dg.AssetCheckResult:
     )
 
 
+GATE_STEP = "candidate_evaluation_candidate_not_worse"
+
+
+def refusal_in_run(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """Why the gate refused the candidate in run `run_id`; None when the run did not fail on the gate alone.
+
+    A refusal is an outcome, not an error: the checkpoint in service stays, and so do its captions.
+    """
+    failed = {
+        stat.step_key for stat in instance.get_run_step_stats(run_id) if stat.status and stat.status.value == "FAILURE"
+    }
+    if failed != {GATE_STEP}:
+        return None
+    records = instance.fetch_materializations(dg.AssetKey("candidate_evaluation"), limit=1).records
+    if not records or records[0].run_id != run_id:
+        return None
+    metadata = records[0].asset_materialization.metadata
+    return f"{metadata['candidate'].value} refused ({metadata['reason'].value})"
+
+
 @dg.asset(io_manager_key="json_io", group_name="training", kinds={"json"})
 def checkpoint_in_service(context: dg.AssetExecutionContext, candidate_evaluation: dict, sft_checkpoint: dict) -> dict:
     """The checkpoint fine-tuned captions come from: the candidate, once it passed `candidate_not_worse`."""

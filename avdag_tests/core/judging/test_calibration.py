@@ -9,7 +9,8 @@ import pytest
 
 from avdag.core.captioning.prompts import load_prompt_set
 from avdag.core.judging.calibration import answer_key, calibration_items, labels_of, summarize_calibration
-from avdag.core.judging.judges import JudgeVerdict, OfflineEmbeddingJudge
+from avdag.core.judging.judges import JudgeVerdict
+from avdag.core.judging.offline_judge import OfflineEmbeddingJudge
 from avdag.demo.sample_batch import REAL_CLIP_DIR, REAL_CLIP_ID
 from avdag.demo.synthetic_clips import plan_clip
 
