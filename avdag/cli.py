@@ -180,16 +180,22 @@ def ui(port: int) -> int:
     return subprocess.call([sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-p", str(port)])
 
 
-def lineage(clip_id: str, question: str, source: str, as_json: bool) -> int:
-    """Print where one score came from; a clear message (exit 2) when there is no such score."""
+def lineage(clip_id: str, question: str, source: str, as_json: bool, batch: str | None = None) -> int:
+    """Print where one score came from, each link checked against the score row.
+
+    Exit 2 with a clear message when there is no such score (or the clip id needs --batch); a
+    chain that differs from what the score recorded is printed with a warning on stderr (exit 0).
+    """
     from avdag.core.reporting.lineage import LineageError, format_lineage, score_lineage
 
     try:
-        chain = score_lineage(avdag_home() / "assets", clip_id, question, source)
+        chain = score_lineage(avdag_home(), clip_id, question, source, batch)
     except LineageError as error:
         print(f"avdag lineage: {error}", file=sys.stderr)
         return 2
     print(json.dumps(chain.sections, indent=2, default=str) if as_json else format_lineage(chain))
+    if chain.mismatched:
+        print(f"avdag lineage: differs from what the score recorded: {', '.join(chain.mismatched)}", file=sys.stderr)
     return 0
 
 
@@ -227,6 +233,7 @@ def _dispatch(argv: list[str] | None) -> int:
     p_lineage.add_argument("clip_id")
     p_lineage.add_argument("question", help="a field name (e.g. weather) or words of the question")
     p_lineage.add_argument("--source", choices=["baseline", "finetuned"], default="finetuned")
+    p_lineage.add_argument("--batch", help="the batch of the score, when the clip id was scored in several")
     p_lineage.add_argument("--json", action="store_true", help="print the chain as JSON")
     p_ui = sub.add_parser("ui", help="start the Dagster UI on $AVDAG_HOME")
     p_ui.add_argument("--port", type=int, default=3000)
@@ -245,7 +252,7 @@ def _dispatch(argv: list[str] | None) -> int:
     if args.command == "search":
         return search(args.query, args.limit, args.where)
     if args.command == "lineage":
-        return lineage(args.clip_id, args.question, args.source, args.json)
+        return lineage(args.clip_id, args.question, args.source, args.json, args.batch)
     return ui(args.port)
 
 

@@ -193,21 +193,28 @@ def test_lineage_traces_a_score_back_to_its_upload_caption_and_checkpoint(pipeli
     result, _, ids = pipeline_run
     scores = result.output_for_node("finetuned_judge_scores")
     row = scores[scores["field"] == "lighting"].iloc[0]
-    lineage = score_lineage(avdag_home / "assets", row["clip_id"], "lighting", "finetuned")
+    lineage = score_lineage(avdag_home, row["clip_id"], "lighting", "finetuned")
     upload, caption, checkpoint, score = (lineage.sections[k] for k in ("upload", "caption", "checkpoint", "score"))
     assert upload["sha256"] == row["clip_sha256"] and upload["batch"] == BATCH
     assert lineage.sections["split"]["split"] == "eval"
     assert caption["model_hash"] == row["model_hash"] == checkpoint["weights_hash"]
     assert caption["caption_run_id"] is not None and caption["caption_key"] == row["caption_key"]
     assert checkpoint["checkpoint_id"] == result.output_for_node("sft_checkpoint")["checkpoint_id"]
+    assert checkpoint["now_in_service"] == f"{checkpoint['checkpoint_id']} (this checkpoint)"
     assert score["human_answer"] == row["human_answer"] and score["judge_reply"] == row["judge_reply"]
     assert score["score_run_id"] == result.run_id
+    assert lineage.mismatched == [], {name: section["check"] for name, section in lineage.sections.items()}
     assert "question lighting" in format_lineage(lineage)
+    baseline = score_lineage(avdag_home, row["clip_id"], "lighting", "baseline")
+    assert (
+        baseline.mismatched == []
+        and baseline.sections["model"]["model_hash"] == baseline.sections["caption"]["model_hash"]
+    )
     with pytest.raises(LineageError, match="fields: weather, lighting"):
-        score_lineage(avdag_home / "assets", row["clip_id"], "no such question", "finetuned")
+        score_lineage(avdag_home, row["clip_id"], "no such question", "finetuned")
     train_clip = next(c for c in ids if split_for(c, EVAL_FRACTION) == "train")
     with pytest.raises(LineageError, match="not an eval clip"):
-        score_lineage(avdag_home / "assets", train_clip, "weather", "baseline")
+        score_lineage(avdag_home, train_clip, "weather", "baseline")
 
 
 def test_cli_lineage_prints_the_chain_and_names_what_is_missing(pipeline_run, capsys):
@@ -325,3 +332,46 @@ def test_a_second_candidate_is_judged_against_the_checkpoint_in_service(pipeline
     gate = {e.check_name: e.passed for e in again.get_asset_check_evaluations()}["candidate_not_worse"]
     promoted = {e.asset_key.to_user_string() for e in again.get_asset_materialization_events()}
     assert ("checkpoint_in_service" in promoted) == gate == evaluation["decision"]["promote"]
+
+
+def test_lineage_after_a_retrain_and_a_recaption_names_what_the_score_was_made_from(pipeline_run, landing, avdag_home):
+    """A 2-step retrain (a new folder and sft_checkpoint record) and a re-caption with other generation
+    settings (the batch's caption table overwritten), the scores left as they were: the chain is still
+    the fixture's checkpoint and caption. After the test above, which may have changed the one in service."""
+    from avdag.core.reporting.lineage import score_lineage
+    from avdag.resources.captioner import CaptionerResource
+    from avdag.resources.trainer import EmbeddedTrainerResource
+
+    result, instance, _ = pipeline_run
+    root, _ = landing
+    first = result.output_for_node("sft_checkpoint")
+    scores = result.output_for_node("finetuned_judge_scores")
+    row = scores[scores["field"] == "weather"].iloc[0]
+    trainer = EmbeddedTrainerResource(steps=2, batch_size=1, warmup_steps=1)
+    retrained = dg.materialize(
+        list(defs.assets), selection=["sft_checkpoint"], resources=_resources(root, trainer=trainer), instance=instance
+    ).output_for_node("sft_checkpoint")
+    dg.materialize(
+        list(defs.assets),
+        selection=["finetuned_captions"],
+        partition_key=BATCH,
+        resources=_resources(root, captioner=CaptionerResource(max_new_tokens=40)),
+        instance=instance,
+    )
+    recaptioned = pd.read_parquet(avdag_home / "assets" / "finetuned_captions" / f"{BATCH}.parquet")
+    assert row["caption_key"] not in set(recaptioned["caption_key"])
+    assert (
+        json.loads((avdag_home / "assets" / "sft_checkpoint.json").read_text())["checkpoint_id"]
+        == (retrained["checkpoint_id"])
+    )
+
+    lineage = score_lineage(avdag_home, row["clip_id"], "weather")
+    checkpoint, caption = lineage.sections["checkpoint"], lineage.sections["caption"]
+    assert checkpoint["checkpoint_id"] == first["checkpoint_id"] != retrained["checkpoint_id"]
+    assert checkpoint["weights_hash"] == row["model_hash"] == first["weights_hash"]
+    assert checkpoint["train_clips"] == len(first["train_clips"])
+    assert checkpoint["final_loss"] == first["losses"][-1][1]
+    assert checkpoint["latest_trained"] == f"{retrained['checkpoint_id']} (differs)"
+    assert caption["caption_key"] == row["caption_key"] and caption["caption_run_id"] == result.run_id
+    assert caption["now_in_table"].startswith("another caption (differs: re-captioned since this score)")
+    assert lineage.mismatched == [], {name: section["check"] for name, section in lineage.sections.items()}
