@@ -111,6 +111,8 @@ bench: $(VENV)/.installed
 	$(PY) -m avdag_tests.bench.bench_ingest
 	$(PY) -m avdag_tests.bench.bench_captioning
 	$(PY) -m avdag_tests.bench.bench_platform
+	$(PY) -m avdag_tests.bench.bench_judge
+	$(PY) -m avdag_tests.bench.bench_offline_judge
 
 clean:
 	rm -rf $(AVDAG_HOME)

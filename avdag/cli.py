@@ -33,10 +33,11 @@ def _prepare_environment() -> None:
         )
 
 
-def run_batch(batch: str) -> int:
+def run_batch(batch: str, eval_fraction: float | None = None) -> int:
     """Everything for `batch`, in the persistent instance, as the sensors would chain it; print the results.
 
     1. the clip batch run (ingest, baseline captions and scores; fine-tuned ones if a checkpoint is in service),
+       its split at `eval_fraction` when given (the demo's), else at clip_splits' default,
     2. the training run (candidate, evaluation on the eval split, promotion if not worse),
     3. fine-tuned captions and scores for every batch not yet scored with the checkpoint in service,
     4. the reporting run (comparison chart, catalog).
@@ -68,7 +69,14 @@ def run_batch(batch: str) -> int:
             print(f"  {refusal}; the checkpoint in service stays")
         return result.success or refusal is not None
 
-    ok = run(f"clip batch {batch}", "clip_batch_pipeline", partition_key=batch, tags={FINGERPRINT_TAG: fingerprint})
+    split_config = {"ops": {"clip_splits": {"config": {"eval_fraction": eval_fraction}}}} if eval_fraction else None
+    ok = run(
+        f"clip batch {batch}",
+        "clip_batch_pipeline",
+        partition_key=batch,
+        tags={FINGERPRINT_TAG: fingerprint},
+        run_config=split_config,
+    )
     ok = ok and run("training", "training_pipeline")
     if ok:
         checkpoint_id, _, behind = batches_behind(instance)
@@ -98,14 +106,17 @@ def _print_step_times(instance, run_id: str) -> None:
 def _print_report() -> None:
     from avdag.core.reporting.charts import format_difference
     from avdag.core.reporting.published import latest_report
+    from avdag.core.reporting.statistics import STRICT_MEAN_LABEL
 
     files = latest_report(avdag_home() / "reports")
     report_path = files.json
     report = json.loads(Path(report_path).read_text())
     print(f"\nJudge scores on {report['eval_clips']} eval clip(s), judge {', '.join(report['judge_ids'])}")
+    if report.get("small_sample_warning"):
+        print(f"WARNING: {report['small_sample_warning']}")
     print(
-        "mean per question (a missing answer counts as 1); diff = fine-tuned - baseline, paired by clip, "
-        "with its bootstrap 95% interval"
+        f"{report.get('means', STRICT_MEAN_LABEL)} per question; diff = fine-tuned - baseline, paired by clip, "
+        f"with its {report.get('interval', '95% interval')}"
     )
     print(f"{'question':<34}{'baseline':>10}{'finetuned':>11}   {'diff [95% interval]':<28}{'scored b/f':>12}")
     for row in report["table"]:
@@ -119,12 +130,43 @@ def _print_report() -> None:
         f"{report['questions_finetuned_worse']}, n.s. on {len(report['questions_not_significant'])} "
         f"of {report['questions']} questions"
     )
+    if report.get("judge_failures_excluded"):
+        print(f"left out of the pairing: {report['judge_failures_excluded']} clip-question items the judge failed on")
+    constant = report.get("constant_answer")
+    if constant:
+        print(
+            f"\nagainst the constant answer (the commonest label of {constant['train_clips']} train clips, "
+            "scored by the same judge)"
+        )
+        print(f"{'question':<34}{'constant':>10}{'finetuned':>11}   fine-tuned - constant [95% interval]")
+        for row in constant["table"]:
+            diff = {
+                "diff": row["finetuned_diff"],
+                "diff_low": row["finetuned_diff_low"],
+                "diff_high": row["finetuned_diff_high"],
+                "significant": row["finetuned_better"] or row["finetuned_worse"],
+            }
+            print(
+                f"{row['field']:<34}{_num(row['constant_mean_score_strict']):>10}"
+                f"{_num(row['finetuned_mean_score_strict']):>11}   {format_difference(diff)}"
+            )
+        print(
+            f"fine-tuned significantly better than the constant on {constant['questions_finetuned_better']}, "
+            f"worse on {constant['questions_finetuned_worse']} of {len(constant['table'])} questions"
+        )
     print(f"\n{'exact accuracy':<34}{'baseline':>10}{'finetuned':>11}   always the majority answer")
     for row in report["multiple_choice_accuracy"]:
         print(
             f"{row['field']:<34}{_num(row['baseline_accuracy']):>10}{_num(row['finetuned_accuracy']):>11}   "
             f"{_num(row['majority_accuracy'])} ({json.dumps(row['majority_answer'])}, n={row['n']})"
         )
+    if report.get("caption_quality"):
+        print(f"\n{'caption quality':<34}{'clips':>7}{'token cap':>11}{'empty':>7}{'looping':>9}{'> 3x label':>12}")
+        for row in report["caption_quality"]:
+            print(
+                f"{row['source']:<34}{row['clips']:>7}{row['hit_token_cap']:>11}{row['empty']:>7}"
+                f"{row['repetitive']:>9}{row['longer_than_label']:>12}"
+            )
     print(f"\nchart: {files.png}")
     print(f"table: {report_path}")
     print('search the clips: .venv/bin/avdag search weather="Light rain" night   (more in the README)')
@@ -137,7 +179,7 @@ def _num(value) -> str:
 def demo(n_synthetic: int) -> int:
     """Generate the sample batch, put it in the landing zone (a folder or s3://) and run the pipeline for it."""
     from avdag.definitions import build_resources
-    from avdag.demo.sample_batch import write_sample_batch
+    from avdag.demo.sample_batch import demo_eval_fraction, write_sample_batch
 
     settings = Settings.from_env()
     zone = build_resources(settings)["landing_zone"].zone()
@@ -151,7 +193,10 @@ def demo(n_synthetic: int) -> int:
     print(
         f"sample batch {DEMO_BATCH}: {len(ids)} clips in {zone.url}/{DEMO_BATCH} ({time.perf_counter() - started:.0f}s)"
     )
-    return run_batch(DEMO_BATCH)
+    eval_fraction = demo_eval_fraction(n_synthetic)
+    if eval_fraction:
+        print(f"the demo batch holds out {eval_fraction:.0%} of its clips for evaluation (the platform default: 10%)")
+    return run_batch(DEMO_BATCH, eval_fraction)
 
 
 def search(query: list[str], limit: int, where: str | None) -> int:

@@ -13,9 +13,9 @@ from avdag.defs.captioning.checks import baseline_captions_check, finetuned_capt
 from avdag.defs.ingest import raw_clips, splits
 from avdag.defs.ingest.checks import no_train_eval_leak, quarantine_counts
 from avdag.defs.ingest.landing_sensor import landing_zone_sensor
-from avdag.defs.judging import judge_scores
+from avdag.defs.judging import judge_calibration, judge_scores
 from avdag.defs.judging.batch_api_sensor import batch_api_judge_sensor
-from avdag.defs.judging.checks import baseline_judge_calibration, finetuned_judge_calibration
+from avdag.defs.judging.judge_calibration import judge_separates_answers
 from avdag.defs.pipeline.code_versions import code_versions, with_code_versions
 from avdag.defs.pipeline.jobs import JOBS
 from avdag.defs.pipeline.schedules import nightly_reprocess
@@ -45,6 +45,9 @@ def _judge(settings: Settings):
         model=settings.judge_model,
         base_url=settings.openai_base_url,
         use_batch_api=settings.judge_batch_api,
+        requests_per_minute=settings.judge_requests_per_minute,
+        tokens_per_minute=settings.judge_tokens_per_minute,
+        **({"repeats": settings.judge_repeats} if settings.judge_repeats is not None else {}),
     )
 
 
@@ -96,8 +99,7 @@ ASSET_CHECKS = [
     quarantine_counts,
     baseline_captions_check,
     finetuned_captions_check,
-    baseline_judge_calibration,
-    finetuned_judge_calibration,
+    judge_separates_answers,
     candidate_not_worse,
 ]
 
@@ -105,7 +107,17 @@ _resources = build_resources()
 defs = dg.Definitions(
     assets=with_code_versions(
         dg.load_assets_from_modules(
-            [raw_clips, splits, captions, sft_checkpoint, promotion, judge_scores, score_comparison, clip_catalog]
+            [
+                raw_clips,
+                splits,
+                captions,
+                sft_checkpoint,
+                promotion,
+                judge_scores,
+                judge_calibration,
+                score_comparison,
+                clip_catalog,
+            ]
         ),
         code_versions(_resources),
     ),

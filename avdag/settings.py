@@ -58,6 +58,9 @@ class Settings:
     openai_base_url: str | None
     judge_model: str
     judge_batch_api: bool
+    judge_requests_per_minute: int | None
+    judge_tokens_per_minute: int | None
+    judge_repeats: int | None
     demo_clips: int
 
     @property
@@ -92,6 +95,9 @@ class Settings:
             openai_base_url=env.text("OPENAI_BASE_URL"),
             judge_model=env.text("AVDAG_JUDGE_MODEL") or DEFAULT_JUDGE_MODEL,
             judge_batch_api=env.flag("AVDAG_JUDGE_BATCH_API"),
+            judge_requests_per_minute=env.positive_int("AVDAG_JUDGE_REQUESTS_PER_MINUTE"),
+            judge_tokens_per_minute=env.positive_int("AVDAG_JUDGE_TOKENS_PER_MINUTE"),
+            judge_repeats=env.positive_int("AVDAG_JUDGE_REPEATS"),
             demo_clips=_default(env.positive_int("AVDAG_DEMO_CLIPS", allow_zero=True), DEFAULT_DEMO_CLIPS),
         )
 

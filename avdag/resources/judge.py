@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 import dagster as dg
 import openai
 from pydantic import Field
@@ -9,7 +12,7 @@ from pydantic import Field
 from avdag.core.captioning.prompts import PromptSet
 from avdag.core.judging.batch_api import BatchApiTracker, OpenAIBatchJudge
 from avdag.core.judging.batch_api_ledger import BatchApiLedger
-from avdag.core.judging.judges import DEFAULT_MAX_IN_FLIGHT, OpenAIChatJudge
+from avdag.core.judging.judges import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_WAIT_S, OpenAIChatJudge
 from avdag.core.judging.offline_judge import OfflineEmbeddingJudge
 from avdag.core.judging.verdict_cache import JudgeCache
 from avdag.settings import avdag_home
@@ -25,6 +28,11 @@ class JudgeResource(dg.ConfigurableResource):
     def build_scorer(self, prompts: PromptSet, requested_by: dict[str, str]):
         """The judge a scoring run uses; `requested_by` names the run's asset and partition."""
         return self.build(prompts)
+
+    def with_reference_labels(self, scorer, labels: Iterable[Mapping[str, Any]]):
+        """`scorer` for answers to these labelled clips: the offline judge ranks an answer among their
+        human answers (its reference pool); a judge that reads each item alone comes back unchanged."""
+        return scorer
 
     def cache(self) -> JudgeCache | None:
         """Where verdicts are kept between runs; None: every run judges every item."""
@@ -42,11 +50,34 @@ class OpenAIJudgeResource(JudgeResource):
     model: str = Field(default="gpt-5", description="Judge model name.")
     base_url: str | None = Field(default=None, description="Default: OpenAI's API.")
     timeout_s: float = Field(default=120.0, description="Per HTTP call; a timeout is retried.")
-    max_retries: int = Field(default=4, description="Retries after the first attempt (429, 5xx, timeouts).")
-    max_in_flight: int = Field(
-        default=DEFAULT_MAX_IN_FLIGHT, description="Judge calls in flight at once; lower it for a low rate limit."
+    max_retries: int = Field(
+        default=4, description="Retries after the first attempt for 5xx, timeouts and lost connections (not 429)."
     )
-    budget_calls: int | None = Field(default=None, description="Most HTTP calls per scoring run; None: no limit.")
+    max_in_flight: int = Field(
+        default=DEFAULT_MAX_IN_FLIGHT,
+        description="Most judge calls in flight at once; under a rate limit fewer are sent (halved on a 429).",
+    )
+    budget_calls: int | None = Field(
+        default=None, description="Most HTTP calls per scoring run, 429s and retries included; None: no limit."
+    )
+    requests_per_minute: int | None = Field(
+        default=None,
+        description="The key's requests-per-minute limit, paced to; None: learned from the x-ratelimit-* headers.",
+    )
+    tokens_per_minute: int | None = Field(
+        default=None,
+        description="The key's tokens-per-minute limit, paced to; None: learned from the x-ratelimit-* headers.",
+    )
+    max_wait_s: float | None = Field(
+        default=DEFAULT_MAX_WAIT_S,
+        description="No rate-limit wait ends later than this after a run began; items cut off get an error "
+        "verdict saying so (and are asked again next run). None: no bound.",
+    )
+    repeats: int = Field(
+        default=1,
+        description="Asks per item; the row's score is the median, with the repeats' spread. Live judge only: "
+        "the Batch API judge asks once.",
+    )
     cache_path: str | None = Field(
         default=None, description="SQLite verdict cache; default $AVDAG_HOME/cache/judge.sqlite."
     )
@@ -59,12 +90,20 @@ class OpenAIJudgeResource(JudgeResource):
 
     def build(self, prompts: PromptSet) -> OpenAIChatJudge:
         return OpenAIChatJudge(
-            **self._endpoint(prompts), max_in_flight=self.max_in_flight, budget_calls=self.budget_calls
+            **self._endpoint(prompts),
+            max_in_flight=self.max_in_flight,
+            budget_calls=self.budget_calls,
+            requests_per_minute=self.requests_per_minute,
+            tokens_per_minute=self.tokens_per_minute,
+            max_wait_s=self.max_wait_s,
+            repeats=self.repeats,
         )
 
     def build_scorer(self, prompts: PromptSet, requested_by: dict[str, str]) -> OpenAIChatJudge | OpenAIBatchJudge:
         if not self.use_batch_api:
             return self.build(prompts)
+        if self.repeats != 1:
+            raise ValueError(f"repeats={self.repeats} needs the live judge: the Batch API judge asks each item once")
         return OpenAIBatchJudge(**self._endpoint(prompts), ledger=self._ledger(), requested_by=requested_by)
 
     def _endpoint(self, prompts: PromptSet) -> dict:
@@ -96,12 +135,17 @@ class OpenAIJudgeResource(JudgeResource):
 
 
 class OfflineJudgeResource(JudgeResource):
-    """No key, no network: exact match for multiple-choice fields, MiniLM similarity for text.
+    """No key, no network: exact match for multiple-choice fields, MiniLM and a reference pool for text.
 
-    No cache: it is deterministic and makes no calls.
+    Calibration v2: free text is ranked against the other human answers of the labels given to
+    `with_reference_labels` (see OfflineEmbeddingJudge). No cache: it is deterministic and makes no calls.
     """
 
     device: str = "cpu"
 
     def build(self, prompts: PromptSet) -> OfflineEmbeddingJudge:
+        """No reference pool yet: free text is scored on similarity alone until `with_reference_labels`."""
         return OfflineEmbeddingJudge(device=self.device)
+
+    def with_reference_labels(self, scorer, labels: Iterable[Mapping[str, Any]]) -> OfflineEmbeddingJudge:
+        return scorer.with_reference_labels(labels)

@@ -1,8 +1,9 @@
-"""Benchmark: LLM-judge throughput, the cookbook's one-call-at-a-time loop vs avdag's judge, and its cache.
+"""Benchmark: LLM-judge throughput, the cookbook's one-call-at-a-time loop vs avdag's judge, its cache, a rate limit.
 
-    python -m avdag_tests.bench.bench_judge              # 200 clips x 15 questions = 3,000 items
-    python -m avdag_tests.bench.bench_judge --quick      # 20 clips x 15 questions = 300 items
+    python -m avdag_tests.bench.bench_judge              # 200 clips x 15 questions = 3,000 items; 1,200 rate-limited
+    python -m avdag_tests.bench.bench_judge --quick      # 20 clips x 15 questions = 300 items; 300 rate-limited
     python -m avdag_tests.bench.bench_judge --json out.json
+    python -m avdag_tests.bench.bench_judge --check      # exit 1 when a goal is missed
 
 The judge endpoint is `OpenAIStubServer` on loopback (a real HTTP server, one thread per request, so
 concurrent requests overlap) answering every chat call after a fixed latency (200 ms) with
@@ -17,8 +18,15 @@ answer unique, so no two items share a cache key. Both loops use the real `opena
 (c) the same with 16 in flight, a setting for a low rate limit: at 200 ms latency 16 in flight allow
     at most 80 calls/s, i.e. 24x the recipe's 3.3 calls/s; the 50x goal needs about 34 or more.
 (b2) (b) again over the same items and the same cache: the goal is 0 calls, all cache hits.
+(d) under a rate limit: the server enforces a requests-per-minute token bucket as OpenAI does
+    (1,200 RPM, refilled continuously, one second of it saved: OpenAI's tier-1 500 RPM scaled up so
+    the run takes a minute, not three), answering 429 with Retry-After and x-ratelimit-* headers.
+    The judge runs at its defaults (64 in flight, no limit configured: it learns it from the
+    headers). Goals: useful (non-429) calls/s >= 90% of the limit, <= 25% of requests wasted on
+    429s, every item scored.
 
-Nothing here asserts a timing; numbers are printed (and optionally written as JSON).
+Nothing here asserts a timing; numbers are printed (and optionally written as JSON) with each
+goal met or MISSED, and `--check` exits 1 when one is missed.
 """
 
 from __future__ import annotations
@@ -46,6 +54,9 @@ USER_TEMPLATE = "Given the question ``%s'', human:\n%s\nLLM:\n%s\n<answer>[Singl
 RECIPE_SLEEP_S = 0.1  # the cookbook's judge script sleeps this long after every call
 QUESTIONS_PER_CLIP = 15
 NARROW_IN_FLIGHT = 16
+GOAL_RATIO = 50.0  # (b) vs (a) calls/s
+GOAL_LIMIT_SHARE = 0.9  # (d) useful calls/s vs the rate limit
+GOAL_MAX_WASTE = 0.25  # (d) share of requests answered 429
 
 
 @dataclass(frozen=True)
@@ -53,10 +64,12 @@ class Sizes:
     clips: int
     recipe_calls: int
     latency_s: float = 0.2
+    limited_items: int = 1200  # (d): a minute at limited_rpm
+    limited_rpm: int = 1200
 
 
 FULL = Sizes(clips=200, recipe_calls=100)
-QUICK = Sizes(clips=20, recipe_calls=30)
+QUICK = Sizes(clips=20, recipe_calls=30, limited_items=300)
 
 
 def synthetic_items(clips: int) -> list[JudgeItem]:
@@ -121,8 +134,31 @@ def bench_avdag(
         "server_requests": len(server.requests) - requests_before,
         "cache_hits": spend.cache_hits,
         "failures": spend.failures,
+        "scored": spend.items - spend.failures - spend.parse_failures - spend.out_of_range,
+        "rate_limited_calls": spend.rate_limited_calls,
         "seconds": seconds,
         "calls_per_s": spend.calls / seconds,
+    }
+
+
+def bench_rate_limited(sizes: Sizes, work: Path) -> dict:
+    """(d) the default judge, no limit configured, against a server enforcing `limited_rpm`, over fresh items."""
+    items = [
+        JudgeItem(f"field_{n % QUESTIONS_PER_CLIP}", "Question?", f"human answer {n}", f"rate-limited answer {n}")
+        for n in range(sizes.limited_items)
+    ]
+    with OpenAIStubServer(lambda request: _reply(request, sizes.latency_s), rate_limit_rpm=sizes.limited_rpm) as server:
+        cache = JudgeCache(work / "limited" / "judge.sqlite")
+        row = bench_avdag(server, items, cache, DEFAULT_MAX_IN_FLIGHT, "avdag_rate_limited")
+        wasted = server.rate_limited_responses
+    useful_per_s = (row["server_requests"] - wasted) / row["seconds"]
+    return {
+        **row,
+        "limit_rpm": sizes.limited_rpm,
+        "server_rate_limited": wasted,
+        "useful_calls_per_s": useful_per_s,
+        "share_of_limit": useful_per_s / (sizes.limited_rpm / 60),
+        "wasted_share": wasted / row["server_requests"] if row["server_requests"] else 0.0,
     }
 
 
@@ -137,7 +173,8 @@ def run(sizes: Sizes, work: Path) -> dict:
         )
         rerun = bench_avdag(server, items, default_cache, DEFAULT_MAX_IN_FLIGHT, "avdag_rerun")
         peak = server.max_concurrent_requests
-    return {
+    limited = bench_rate_limited(sizes, work)
+    report = {
         "machine": f"{platform.machine()} {platform.processor() or ''} python {platform.python_version()}".strip(),
         "latency_s": sizes.latency_s,
         "clips": sizes.clips,
@@ -146,11 +183,30 @@ def run(sizes: Sizes, work: Path) -> dict:
         "server_peak_in_flight": peak,
         "ratio_default_vs_recipe": default["calls_per_s"] / recipe["calls_per_s"],
         "ratio_narrow_vs_recipe": narrow["calls_per_s"] / recipe["calls_per_s"],
+        "rate_limited": limited,
     }
+    return {**report, "goals": goals(report)}
+
+
+def goals(report: dict) -> dict[str, bool]:
+    """Each goal the docstring states, met or not."""
+    rerun, limited = report["rows"][3], report["rate_limited"]
+    return {
+        "default_vs_recipe_50x": report["ratio_default_vs_recipe"] >= GOAL_RATIO,
+        "rerun_no_calls": rerun["calls"] == rerun["server_requests"] == 0,
+        "rate_limited_90pct_of_limit": limited["share_of_limit"] >= GOAL_LIMIT_SHARE,
+        "rate_limited_waste_25pct": limited["wasted_share"] <= GOAL_MAX_WASTE,
+        "rate_limited_every_item_scored": limited["scored"] == limited["items"],
+    }
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
 
 
 def format_report(report: dict) -> str:
     recipe, default, narrow, rerun = report["rows"]
+    limited, met = report["rate_limited"], report["goals"]
     lines = [
         f"judge benchmark: {report['clips']} clips x {QUESTIONS_PER_CLIP} questions = {report['items']} items, "
         f"{report['latency_s'] * 1000:.0f} ms per call on loopback",
@@ -166,12 +222,23 @@ def format_report(report: dict) -> str:
             f"{row['failures']} failures"
         )
     lines += [
-        f"calls/s (b)/(a): x{report['ratio_default_vs_recipe']:.1f} (goal >= 50x)",
+        f"calls/s (b)/(a): x{report['ratio_default_vs_recipe']:.1f} "
+        f"(goal >= {GOAL_RATIO:g}x: {_verdict(met['default_vs_recipe_50x'])})",
         f"calls/s (c)/(a): x{report['ratio_narrow_vs_recipe']:.1f} ({NARROW_IN_FLIGHT} in flight cap it at "
         f"x{NARROW_IN_FLIGHT * (report['latency_s'] + RECIPE_SLEEP_S) / report['latency_s']:.0f})",
         f"(b2) re-run over the same items: {rerun['calls']} calls, {rerun['server_requests']} server requests, "
-        f"{rerun['cache_hits']}/{rerun['items']} cache hits in {rerun['seconds']:.2f} s (goal: 0 calls)",
+        f"{rerun['cache_hits']}/{rerun['items']} cache hits in {rerun['seconds']:.2f} s "
+        f"(goal: 0 calls: {_verdict(met['rerun_no_calls'])})",
         f"server peak in flight: {report['server_peak_in_flight']}",
+        f"(d) rate limit of {limited['limit_rpm']} RPM, {limited['items']} items, {DEFAULT_MAX_IN_FLIGHT} in flight, "
+        f"limit not configured: {limited['server_requests']} requests in {limited['seconds']:.1f} s",
+        f"    useful calls/s: {limited['useful_calls_per_s']:.1f} = {limited['share_of_limit']:.0%} of the limit "
+        f"(goal >= {GOAL_LIMIT_SHARE:.0%}: {_verdict(met['rate_limited_90pct_of_limit'])})",
+        f"    answered 429: {limited['server_rate_limited']} = {limited['wasted_share']:.1%} of requests "
+        f"(goal <= {GOAL_MAX_WASTE:.0%}: {_verdict(met['rate_limited_waste_25pct'])}); "
+        f"the judge counted {limited['rate_limited_calls']}",
+        f"    scored: {limited['scored']}/{limited['items']} items, {limited['failures']} failures "
+        f"(goal: all: {_verdict(met['rate_limited_every_item_scored'])})",
         f"machine: {report['machine']}",
     ]
     return "\n".join(lines)
@@ -179,14 +246,21 @@ def format_report(report: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="20 clips (300 items), 30 recipe calls (< 30 s)")
+    parser.add_argument(
+        "--quick", action="store_true", help="20 clips (300 items), 30 recipe calls, 300 rate-limited items (< 45 s)"
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers as JSON here")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="avdag-bench-judge-") as work:
         report = run(QUICK if args.quick else FULL, Path(work))
     print(format_report(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
+    missed = [name for name, met in report["goals"].items() if not met]
+    if args.check and missed:
+        print(f"bench_judge --check: goals missed: {', '.join(missed)}", file=sys.stderr)
+        return 1
     return 0
 
 

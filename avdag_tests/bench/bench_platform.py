@@ -23,8 +23,8 @@ Measured, per run, from the instance's event log:
 Also shown: the captioning window (first to last caption log line of the step), the summed per-clip seconds
 (frames + generate share; frame sampling overlaps the previous clip's generate), "load" = window - clip sum (a
 lower bound on importing torch/transformers and loading the model, which every fresh run process pays inside
-the captioning step), the judge calibration check, and every other step; and the overhead share with the
-calibration check counted as judge time, and with imports + model load counted as overhead. Each batch's seed
+the captioning step), and every other step; and the overhead share with imports + model load counted as
+overhead. (The judge calibration runs once per reporting run, not in the batch run.) Each batch's seed
 is chosen so that it has eval clips (the judge sees only those; "judge rows" = eval clips x questions).
 
 The captioner runs with the platform's defaults (max_new_tokens 1024: the tiny random model never closes its
@@ -53,9 +53,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 GOAL_CLIPS = 6
 GOAL_OVERHEAD = 0.25
 MODEL_STEPS = ("baseline_captions", "baseline_judge_scores")
-# The judge's calibration check (a blocking-free check that runs the judge on human-vs-human answers): judge
-# work too, but not part of the model time the goal is judged on; shown as a second figure.
-CALIBRATION_STEP = "baseline_judge_scores_judge_calibration"
 RUN_TIMEOUT_S = 600
 NEVER_TRAIN = 10**9
 
@@ -150,7 +147,6 @@ def measure_run(platform, run_id: str, partition: str) -> dict:
         "model_s": model,
         "overhead": (wall - model) / wall,
         "overhead_exec": (times["end"] - times["start"] - model) / (times["end"] - times["start"]),
-        "overhead_with_calibration": (wall - model - steps.get(CALIBRATION_STEP, 0.0)) / wall,
         "load_s": load,
         "overhead_load_as_overhead": (wall - model + (load or 0.0)) / wall,
         "judged_items": int(judged),
@@ -236,7 +232,6 @@ def summarize(rows: list[dict]) -> dict:
         "model_s",
         "overhead",
         "overhead_exec",
-        "overhead_with_calibration",
         "overhead_load_as_overhead",
         "caption_window_s",
         "load_s",
@@ -282,8 +277,7 @@ def format_report(report: dict) -> str:
         )
         lines.append(
             f"  start-up (RUN_STARTING->RUN_START) median {s['spawn_to_start_s']['median']:.1f}s; overhead median "
-            f"without start-up {s['overhead_exec']['median']:.0%}, with the judge calibration check counted as "
-            f"judge time {s['overhead_with_calibration']['median']:.0%}, with imports and model load counted as "
+            f"without start-up {s['overhead_exec']['median']:.0%}, with imports and model load counted as "
             f"overhead {s['overhead_load_as_overhead']['median']:.0%}"
         )
     if report["runs"]:

@@ -200,10 +200,14 @@ def test_captioning_bench_tiny_run(tmp_path):
 
 
 def test_judge_bench_tiny_run(tmp_path):
-    """The judge benchmark on 2 clips with 10 ms latency: every item judged once, the re-run all cache hits."""
+    """The judge benchmark on 2 clips with 10 ms latency: every item judged once, the re-run all cache hits.
+
+    The rate-limited part: 40 items under 1200 RPM (a bucket of 20), all scored, every 429 counted by the judge.
+    """
     from avdag_tests.bench import bench_judge as judge_bench
 
-    report = judge_bench.run(judge_bench.Sizes(clips=2, recipe_calls=3, latency_s=0.01), tmp_path)
+    sizes = judge_bench.Sizes(clips=2, recipe_calls=3, latency_s=0.01, limited_items=40, limited_rpm=1200)
+    report = judge_bench.run(sizes, tmp_path)
     text = judge_bench.format_report(report)
     for needle in (
         "(a) recipe loop (first 3 items",
@@ -212,9 +216,25 @@ def test_judge_bench_tiny_run(tmp_path):
         "calls/s (b)/(a): x",
         "goal >= 50x",
         "(b2) re-run over the same items: 0 calls",
+        "(d) rate limit of 1200 RPM, 40 items, 64 in flight",
+        "of the limit (goal >= 90%:",
+        "of requests (goal <= 25%:",
+        "scored: 40/40 items",
         "machine:",
     ):
         assert needle in text
+    limited = report["rate_limited"]
+    assert limited["scored"] == limited["items"] == 40 and limited["failures"] == 0
+    assert limited["server_requests"] == 40 + limited["server_rate_limited"] == limited["calls"]
+    assert limited["rate_limited_calls"] == limited["server_rate_limited"]
+    assert set(report["goals"]) == {
+        "default_vs_recipe_50x",
+        "rerun_no_calls",
+        "rate_limited_90pct_of_limit",
+        "rate_limited_waste_25pct",
+        "rate_limited_every_item_scored",
+    }
+    assert report["goals"]["rerun_no_calls"] and report["goals"]["rate_limited_every_item_scored"]
     recipe, default, narrow, rerun = report["rows"]
     assert recipe["items"] == recipe["calls"] == recipe["scored"] == 3
     for row in (default, narrow):
@@ -225,3 +245,18 @@ def test_judge_bench_tiny_run(tmp_path):
         and 1 < report["server_peak_in_flight"] <= judge_bench.DEFAULT_MAX_IN_FLIGHT
     )
     assert json.loads(json.dumps(report))["items"] == 30
+
+
+def test_offline_judge_bench_tiny_run(tmp_path, capsys):
+    """The offline-judge calibration benchmark on 3 synthetic clips and the real one: table, JSON, --check."""
+    from avdag_tests.bench import bench_offline_judge as offline_bench
+
+    out = tmp_path / "offline.json"
+    assert offline_bench.main(["--clips", "3", "--check", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    for needle in ("safety_analysis", "| new: para", "| old: para", "met", "offline:all-minilm-l6-v2:v2", "other*"):
+        assert needle in text
+    report = json.loads(out.read_text())
+    assert report["clips"] == 4 and report["new"]["passed"]
+    assert [row["field"] for row in report["new"]["fields"]] == [row["field"] for row in report["old"]["fields"]]
+    assert {row["verdict"] for row in report["new"]["fields"]} <= {"met", "skipped"}

@@ -76,6 +76,7 @@ def test_every_asset_materialized(pipeline_run):
         "finetuned_captions",
         "baseline_judge_scores",
         "finetuned_judge_scores",
+        "judge_calibration",
         "score_comparison",
         "clip_catalog",
     }
@@ -85,11 +86,10 @@ def test_every_asset_materialized(pipeline_run):
         ("finetuned_captions", "captions_parse_with_all_fields"),
         ("split_manifest", "no_train_eval_leak"),
         ("clip_quarantine", "quarantine_counts"),
-        ("baseline_judge_scores", "judge_calibration"),
-        ("finetuned_judge_scores", "judge_calibration"),
+        ("judge_calibration", "judge_separates_answers"),
         ("candidate_evaluation", "candidate_not_worse"),
     }
-    assert checks[("baseline_judge_scores", "judge_calibration")] is True, (
+    assert checks[("judge_calibration", "judge_separates_answers")] is True, (
         "the offline judge separates right from wrong"
     )
     assert checks[("split_manifest", "no_train_eval_leak")] is True

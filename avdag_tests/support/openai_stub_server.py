@@ -25,12 +25,23 @@ lands in the error file) but are not added to `requests`. A batch completes on i
 `complete_after_polls`-th retrieve (default 1) unless `hold_batches` is set; `finish_batch(id,
 "expired", processed=1)` ends one early with partial results. Recorded: `files` (id -> bytes),
 `batches` (id -> Batch JSON), `batch_lines_processed` (custom_ids, in order), `batch_api_calls`.
+
+Rate limits, as OpenAI enforces them: `OpenAIStubServer(reply_fn, rate_limit_rpm=600)` (and/or
+`rate_limit_tpm=...`) keeps a token bucket per quota, refilled continuously and holding at most
+`rate_limit_burst_s` seconds of it (OpenAI enforces a minute's quota in such sub-minute slices). A
+chat request that finds a bucket empty is answered 429 "rate_limit_exceeded" with `retry-after`,
+`retry-after-ms` and the `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers, before
+reply_fn sees it; answered requests carry the same x-ratelimit headers (`rate_limit_headers=False`
+leaves them out, for a server that only says Retry-After). A request costs 1 of the request
+quota on arrival and its reply's usage.total_tokens of the token quota. `rate_limited_responses`
+counts the 429s.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import threading
 import time
 from collections import Counter
@@ -118,6 +129,43 @@ def error_body(status: int, message: str) -> dict[str, Any]:
     }
 
 
+def openai_duration(seconds: float) -> str:
+    """A wait as OpenAI's x-ratelimit-reset-* headers write it: "20ms", "1.5s", "6m0s"."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    minutes, rest = divmod(seconds, 60)
+    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{int(minutes)}m{text}" if minutes else text
+
+
+class _Quota:
+    """One server-side quota ("requests" or "tokens"): `per_minute` refilled continuously, `burst_s` of it saved."""
+
+    def __init__(self, kind: str, per_minute: float, burst_s: float) -> None:
+        self.kind = kind
+        self.per_minute = per_minute
+        self.rate = per_minute / 60
+        self.capacity = max(1.0, self.rate * burst_s)
+        self.level = self.capacity
+        self._updated = time.monotonic()
+
+    def refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self._updated) * self.rate)
+        self._updated = now
+
+    def wait_s(self) -> float:
+        """Until one unit is free (a token quota in debt waits for the debt too)."""
+        return max(0.0, (1 - self.level) / self.rate)
+
+    def headers(self) -> dict[str, str]:
+        return {
+            f"x-ratelimit-limit-{self.kind}": str(int(self.per_minute)),
+            f"x-ratelimit-remaining-{self.kind}": str(max(0, int(self.level))),
+            f"x-ratelimit-reset-{self.kind}": openai_duration(max(0.0, self.capacity - self.level) / self.rate),
+        }
+
+
 class ApiError(Exception):
     """Raised inside a Files/Batch route to answer `status` with an OpenAI-style error body."""
 
@@ -199,8 +247,23 @@ class OpenAIStubServer:
     relying on timing.
     """
 
-    def __init__(self, reply_fn: ReplyFn | None = None) -> None:
+    def __init__(
+        self,
+        reply_fn: ReplyFn | None = None,
+        *,
+        rate_limit_rpm: float | None = None,
+        rate_limit_tpm: float | None = None,
+        rate_limit_burst_s: float = 1.0,
+        rate_limit_headers: bool = True,
+    ) -> None:
         self.reply_fn: ReplyFn = reply_fn or (lambda request: "<answer>5</answer>")
+        self._quotas = [
+            _Quota(kind, per_minute, rate_limit_burst_s)
+            for kind, per_minute in (("requests", rate_limit_rpm), ("tokens", rate_limit_tpm))
+            if per_minute is not None
+        ]
+        self.rate_limit_headers = rate_limit_headers
+        self.rate_limited_responses = 0  # chat requests answered 429 because a quota was empty
         self.requests: list[dict[str, Any]] = []
         self.request_headers: list[dict[str, str]] = []
         self.request_times: list[float] = []
@@ -284,9 +347,57 @@ class OpenAIStubServer:
                 self._concurrent_requests -= 1
 
     def respond(self, body: dict[str, Any], request_index: int) -> tuple[int, bytes, dict[str, str], float]:
-        """(status, response bytes, extra headers, delay) for one chat request."""
+        """(status, response bytes, extra headers, delay) for one chat request; a 429 if a quota is empty."""
+        refusal = self._take_quota(body)
+        if refusal is not None:
+            return refusal
         reply = self._reply_for(body)
-        return reply.status, self._reply_bytes(reply, body, request_index), dict(reply.headers), reply.delay_s
+        payload = self._reply_bytes(reply, body, request_index)
+        return reply.status, payload, {**self._charge_tokens(reply, payload), **reply.headers}, reply.delay_s
+
+    def _take_quota(self, body: dict[str, Any]) -> tuple[int, bytes, dict[str, str], float] | None:
+        """Take one request from the request quota; when a quota is empty, the 429 OpenAI would answer."""
+        with self._lock:
+            for quota in self._quotas:
+                quota.refill()
+            empty = [quota for quota in self._quotas if quota.level < 1]
+            if not empty:
+                for quota in self._quotas:
+                    if quota.kind == "requests":
+                        quota.level -= 1
+                return None
+            self.rate_limited_responses += 1
+            wait_s = max(quota.wait_s() for quota in empty)
+            headers = self._quota_headers()
+        limit = empty[0]
+        message = (
+            f"Rate limit reached for {body.get('model')} on {limit.kind} per min "
+            f"({'RPM' if limit.kind == 'requests' else 'TPM'}): Limit {int(limit.per_minute)}. "
+            f"Please try again in {openai_duration(wait_s)}."
+        )
+        error = {"error": {"message": message, "type": limit.kind, "param": None, "code": "rate_limit_exceeded"}}
+        headers |= {"retry-after": str(math.ceil(wait_s)), "retry-after-ms": str(math.ceil(wait_s * 1000))}
+        return 429, json.dumps(error).encode(), headers, 0.0
+
+    def _charge_tokens(self, reply: StubReply, payload: bytes) -> dict[str, str]:
+        """Take an answered reply's usage from the token quota; the x-ratelimit headers it goes out with."""
+        if not self._quotas:
+            return {}
+        used = 0
+        if 200 <= reply.status < 300 and reply.body is None:
+            used = json.loads(payload)["usage"]["total_tokens"]
+        with self._lock:
+            for quota in self._quotas:
+                quota.refill()
+                if quota.kind == "tokens":
+                    quota.level -= used
+            return self._quota_headers()
+
+    def _quota_headers(self) -> dict[str, str]:
+        """Caller holds the lock."""
+        if not self.rate_limit_headers:
+            return {}
+        return {name: value for quota in self._quotas for name, value in quota.headers().items()}
 
     def _reply_for(self, body: dict[str, Any]) -> StubReply:
         """reply_fn's answer as a StubReply; shared by chat requests and batch lines."""

@@ -3,7 +3,8 @@
 Both keep their own retry loop (the client's max_retries=0), so every failure can say how many
 attempts it took and a run-wide budget can count every HTTP call. These helpers decide the rest:
 which errors are worth another try, how long to wait (the server's Retry-After, else exponential
-backoff with jitter) and how the final failure reads.
+backoff with jitter) and how the final failure reads. A rate limit (429) is told apart from the
+other retryable errors: a caller that paces itself waits it out instead of counting it as a failure.
 """
 
 from __future__ import annotations
@@ -61,6 +62,15 @@ def backoff_s(attempt: int) -> float:
     return min(MAX_RETRY_WAIT_S, BACKOFF_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
 
+def rate_limit_wait_s(error: openai.APIStatusError, rate_limited: int) -> float:
+    """How long to wait after the `rate_limited`-th 429 of one call: all the server asks, else backoff.
+
+    Not capped like other retries: retrying before the quota has refilled only buys another 429.
+    """
+    asked = retry_after_s(error.response.headers)
+    return max(0.0, backoff_s(rate_limited) if asked is None else asked)
+
+
 def wait_before_retry(error: Exception, attempt: int) -> float:
     """Seconds to wait after failed attempt number `attempt`: the server's ask, else backoff, capped."""
     asked = retry_after_s(error.response.headers) if isinstance(error, openai.APIStatusError) else None
@@ -71,8 +81,21 @@ def wait_before_retry(error: Exception, attempt: int) -> float:
 def is_retryable(error: Exception) -> bool:
     """Rate limits, timeouts, conflicts, 5xx and lost connections may succeed on another try."""
     if isinstance(error, openai.APIStatusError):
+        if _error_code(error) == "insufficient_quota":
+            return False
         return error.status_code in RETRYABLE_STATUSES or error.status_code >= 500
     return isinstance(error, openai.APIConnectionError)  # includes APITimeoutError
+
+
+def is_rate_limit(error: Exception) -> bool:
+    """A 429 that passes once the quota refills; OpenAI's "insufficient_quota" 429 (no credit) never does."""
+    return isinstance(error, openai.APIStatusError) and error.status_code == 429 and is_retryable(error)
+
+
+def _error_code(error: openai.APIStatusError) -> str | None:
+    """The OpenAI error body's `code` (the client hands over the inner "error" object)."""
+    body = error.body
+    return body.get("code") if isinstance(body, dict) else None
 
 
 def failure_text(error: Exception, attempts: int) -> str:

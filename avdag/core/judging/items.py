@@ -25,7 +25,7 @@ _NAMED_PLACEHOLDER = re.compile(r"\{(question|human_answer|model_answer)\}")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
 _SCORE_DIGIT = re.compile(r"[1-5]")
 
-SUMMARY_COLUMNS = ("field", "num_results", "num_scores", "mean_score", "success_rate")
+SUMMARY_COLUMNS = ("field", "num_results", "num_scores", "mean_score", "success_rate", "mean_spread", "max_spread")
 
 
 def format_judge_prompt(template: str, question: str, human_answer: Any, model_answer: Any) -> str:
@@ -67,6 +67,12 @@ def parse_judge_score(reply: str | None) -> int | None:
         digits = _SCORE_DIGIT.findall(reply)
         candidate = digits[-1] if digits else ""
     return _score_in_range(candidate)
+
+
+def is_out_of_range(reply: str | None) -> bool:
+    """The reply's <answer> holds an integer, but not one in 1..5 (a rubric slip, not a missing score)."""
+    tagged = tagged_answer(reply or "")
+    return tagged is not None and re.fullmatch(r"-?\d+", tagged) is not None and _score_in_range(tagged) is None
 
 
 def _score_in_range(text: str) -> int | None:
@@ -116,17 +122,24 @@ def summarize_scores(rows: pd.DataFrame) -> pd.DataFrame:
 
     One row per field, in the order fields first appear in `rows`. Unlike the recipe (which
     divides by count + 1e-5), a field with no scores gets a NaN mean, so "never scored" can't
-    be mistaken for "scored 0".
+    be mistaken for "scored 0". mean_spread / max_spread: how far repeated asks of one item
+    disagreed (`score_spread`, max - min), NaN where items were asked once.
     """
     if rows.empty:
         return pd.DataFrame({column: [] for column in SUMMARY_COLUMNS})
     scores = pd.to_numeric(rows["score"], errors="coerce")
-    summaries = [_summarize_field(field, scores[rows["field"] == field]) for field in pd.unique(rows["field"])]
+    no_spreads = pd.Series(math.nan, index=rows.index)  # score rows written before repeats
+    spreads = pd.to_numeric(rows["score_spread"], errors="coerce") if "score_spread" in rows else no_spreads
+    summaries = [
+        _summarize_field(field, scores[rows["field"] == field], spreads[rows["field"] == field])
+        for field in pd.unique(rows["field"])
+    ]
     return pd.DataFrame(summaries, columns=list(SUMMARY_COLUMNS))
 
 
-def _summarize_field(field: str, scores: pd.Series) -> dict[str, Any]:
+def _summarize_field(field: str, scores: pd.Series, spreads: pd.Series) -> dict[str, Any]:
     present = scores.dropna()
+    spread = spreads.dropna()
     num_results = int(len(scores))
     num_scores = int(len(present))
     return {
@@ -135,4 +148,6 @@ def _summarize_field(field: str, scores: pd.Series) -> dict[str, Any]:
         "num_scores": num_scores,
         "mean_score": float(present.mean()) if num_scores else math.nan,
         "success_rate": num_scores / num_results if num_results else math.nan,
+        "mean_spread": float(spread.mean()) if len(spread) else math.nan,
+        "max_spread": float(spread.max()) if len(spread) else math.nan,
     }

@@ -8,12 +8,15 @@ With a `JudgeCache`, every item is looked up first and only the misses go to the
 one `judge()` call, so the judge's concurrency spans the whole batch rather than one clip. Items
 identical to another in the batch (same question and answers) are asked once. The offline judge
 is run without a cache: it is deterministic, free and has no cache scope.
+
+A judge with `repeats` N > 1 asks each item N times: an LLM judge's score varies from ask to ask,
+so the row holds the median, every repeat's score and their spread (max - min). Each repeat is
+its own cache entry, so a re-run costs nothing either.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -21,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from avdag.core.judging.items import JudgeItem, plan_judge_items, tagged_answer
+from avdag.core.judging.items import JudgeItem, is_out_of_range, plan_judge_items
 from avdag.core.judging.judges import Judge, JudgeVerdict
 from avdag.core.judging.verdict_cache import JudgeCache, judge_cache_key
 
@@ -49,6 +52,8 @@ SCORE_COLUMNS = (
     "judge_attempts",
     "prompt_tokens",
     "completion_tokens",
+    "score_repeats",
+    "score_spread",
 )
 # The tag parse_judge_score reads first; an integer in it outside 1-5 is "out of range".
 
@@ -57,9 +62,10 @@ SCORE_COLUMNS = (
 class JudgeSpend:
     """What one scoring run cost and how its verdicts came out, for materialization metadata.
 
-    calls: HTTP calls made (retries included); cache_hits: items answered without a call of their
-    own; failures: items left with an error; parse_failures: replies with no 1-5 score;
-    out_of_range: replies whose <answer> held an integer outside 1-5.
+    calls: HTTP calls made (retries and 429s included); cache_hits: items answered without a call
+    of their own; failures: items left with an error; parse_failures: replies with no 1-5 score
+    (after asking once more); out_of_range: replies whose <answer> held an integer outside 1-5;
+    rate_limited_calls: calls the server refused with a 429, i.e. wasted.
     """
 
     items: int
@@ -70,6 +76,7 @@ class JudgeSpend:
     out_of_range: int
     prompt_tokens: int
     completion_tokens: int
+    rate_limited_calls: int
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -81,25 +88,48 @@ def reply_outcome(verdict: JudgeVerdict) -> str:
         return "error"
     if verdict.score is not None:
         return "scored"
-    tagged = tagged_answer(verdict.reply)
-    if tagged is not None and re.fullmatch(r"-?\d+", tagged):
-        return "out_of_range"
-    return "parse_failure"
+    return "out_of_range" if is_out_of_range(verdict.reply) else "parse_failure"
 
 
 @dataclass(frozen=True)
 class _Judged:
+    """An item's verdict; with repeats, the median one, costs summed, and every repeat's score."""
+
     verdict: JudgeVerdict
     cached: bool
+    repeat_scores: tuple[int | None, ...] = ()
+
+    @property
+    def spread(self) -> int | None:
+        """max - min of the repeat scores; None unless there are several and all scored."""
+        scores = self.repeat_scores
+        if len(scores) < 2 or None in scores:
+            return None
+        return max(scores) - min(scores)
 
 
-def judge_items(judge: Judge, items: list[JudgeItem], cache: JudgeCache | None) -> list[_Judged]:
-    """Verdicts for `items` in order: cached ones from the store, the rest from one judge() call."""
+def judge_items(
+    judge: Judge, items: list[JudgeItem], cache: JudgeCache | None, repeats: int | None = None
+) -> list[_Judged]:
+    """Verdicts for `items` in order: cached ones from the store, the rest from one judge() call.
+
+    `repeats` (default: the judge's own `repeats`, else 1) asks each item that many times, each
+    repeat under its own cache key; `median_of_repeats` makes the item's verdict.
+    """
+    repeats = getattr(judge, "repeats", 1) if repeats is None else repeats
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    asked = _ask(judge, [(item, repeat) for item in items for repeat in range(repeats)], cache)
+    return [median_of_repeats(asked[start : start + repeats]) for start in range(0, len(asked), repeats)]
+
+
+def _ask(judge: Judge, asks: list[tuple[JudgeItem, int]], cache: JudgeCache | None) -> list[_Judged]:
+    """One verdict per (item, repeat): from the cache, else from one judge() call over every miss."""
     if cache is None:
-        return [_Judged(verdict, cached=False) for verdict in judge.judge(items)]
-    keys = [judge_cache_key(judge.cache_scope, item) for item in items]
+        return [_Judged(verdict, cached=False) for verdict in judge.judge([item for item, _ in asks])]
+    keys = [judge_cache_key(judge.cache_scope, item, repeat) for item, repeat in asks]
     stored = cache.lookup(keys)
-    misses = {key: item for key, item in zip(keys, items) if key not in stored}
+    misses = {key: item for key, (item, _) in zip(keys, asks) if key not in stored}
     fresh = dict(zip(misses, judge.judge(list(misses.values()))))
     cache.store(judge.cache_scope, [(key, v.score, v.reply) for key, v in fresh.items() if _cacheable(v)])
     judged: list[_Judged] = []
@@ -108,11 +138,39 @@ def judge_items(judge: Judge, items: list[JudgeItem], cache: JudgeCache | None) 
         if key in stored:
             judged.append(_Judged(JudgeVerdict(score=stored[key][0], reply=stored[key][1]), cached=True))
         elif key in charged:  # the same item again in this batch: its verdict, no second cost
-            judged.append(_Judged(replace(fresh[key], attempts=0, prompt_tokens=0, completion_tokens=0), cached=True))
+            free = replace(fresh[key], attempts=0, prompt_tokens=0, completion_tokens=0, rate_limited=0)
+            judged.append(_Judged(free, cached=True))
         else:
             charged.add(key)
             judged.append(_Judged(fresh[key], cached=False))
     return judged
+
+
+def median_of_repeats(repeats: list[_Judged]) -> _Judged:
+    """One item's verdict from its repeats: the lower median score, with the costs of all repeats.
+
+    The lower median of an even count (the 2nd of 4 sorted scores) is one of the scores given, so
+    a score stays an integer the judge actually replied, and its reply goes with it. Only an item
+    whose every repeat scored gets a score, so all scores mean the same; otherwise the first
+    repeat without one gives the verdict (its error names the repeat), and the next run asks only
+    that repeat again (the others are cached).
+    """
+    scores = tuple(judged.verdict.score for judged in repeats)
+    cached = all(judged.cached for judged in repeats)
+    if len(repeats) == 1:
+        return replace(repeats[0], repeat_scores=scores)
+    verdicts = [judged.verdict for judged in repeats]
+    cost = {
+        name: sum(getattr(v, name) for v in verdicts)
+        for name in ("attempts", "prompt_tokens", "completion_tokens", "rate_limited")
+    }
+    unscored = [(n, v) for n, v in enumerate(verdicts) if v.score is None]
+    if unscored:
+        n, verdict = unscored[0]
+        error = f"repeat {n + 1} of {len(verdicts)}: {verdict.error}" if verdict.error is not None else None
+        return _Judged(replace(verdict, error=error, **cost), cached, scores)
+    median = sorted(verdicts, key=lambda v: v.score)[(len(verdicts) - 1) // 2]
+    return _Judged(replace(median, **cost), cached, scores)
 
 
 def _cacheable(verdict: JudgeVerdict) -> bool:
@@ -131,6 +189,7 @@ def spend_of(judged: list[_Judged]) -> JudgeSpend:
         out_of_range=outcomes.count("out_of_range"),
         prompt_tokens=sum(j.verdict.prompt_tokens for j in judged),
         completion_tokens=sum(j.verdict.completion_tokens for j in judged),
+        rate_limited_calls=sum(j.verdict.rate_limited for j in judged),
     )
 
 
@@ -174,8 +233,12 @@ def score_captions(
     *,
     cache: JudgeCache | None = None,
     log: Callable[[str], None] = print,
+    repeats: int | None = None,
 ) -> tuple[pd.DataFrame, JudgeSpend]:
-    """Score every eval clip's caption against its human label, question by question; (rows, spend)."""
+    """Score every eval clip's caption against its human label, question by question; (rows, spend).
+
+    `repeats`: asks per item (default: the judge's own `repeats`, else 1), see `judge_items`.
+    """
     by_clip = captions.set_index("clip_id")
     plans = []
     for clip in eval_clips.itertuples(index=False):
@@ -183,7 +246,7 @@ def score_captions(
             raise KeyError(f"no caption for eval clip {clip.clip_id}")
         plans.append(_clip_plan(clip, by_clip.loc[clip.clip_id], prompts, judge))
     started = time.perf_counter()
-    judged = iter(judge_items(judge, [item for plan in plans for item in plan.items], cache))
+    judged = iter(judge_items(judge, [item for plan in plans for item in plan.items], cache, repeats))
     rows, judged_in_order = [], []
     for plan in plans:
         by_field = {item.field: next(judged) for item in plan.items}
@@ -193,10 +256,12 @@ def score_captions(
     spend = spend_of(judged_in_order)
     log(
         f"judged {spend.items} items of {len(plans)} clips in {time.perf_counter() - started:.1f}s: "
-        f"{spend.calls} calls, {spend.cache_hits} cache hits, {spend.failures} failures"
+        f"{spend.calls} calls ({spend.rate_limited_calls} rate-limited), {spend.cache_hits} cache hits, "
+        f"{spend.failures} failures"
     )
     frame = pd.DataFrame(rows, columns=SCORE_COLUMNS)
     frame["score"] = frame["score"].astype("Int64")
+    frame["score_spread"] = frame["score_spread"].astype("Int64")
     return frame, spend
 
 
@@ -215,4 +280,6 @@ def _row(field: str, question: str, plan: _ClipPlan, judged: _Judged | None) -> 
         "judge_attempts": verdict.attempts if verdict else 0,
         "prompt_tokens": verdict.prompt_tokens if verdict else 0,
         "completion_tokens": verdict.completion_tokens if verdict else 0,
+        "score_repeats": json.dumps(list(judged.repeat_scores)) if judged else None,
+        "score_spread": judged.spread if judged else None,
     }

@@ -1,9 +1,10 @@
 """Judge results by content, so a re-run or an unchanged answer costs no judge call.
 
 A result is keyed by what decides it: the judge's scope (model and a hash of its system prompt and
-user template) plus the question, the human answer and the model answer. The baseline and the
-fine-tuned scoring share one store, so a fine-tuned answer identical to the baseline's reuses its
-verdict. Only verdicts with a score are stored: failures and unparseable replies are asked again.
+user template) plus the question, the human answer and the model answer (and, for an item judged
+several times, which repeat). The baseline and the fine-tuned scoring share one store, so a
+fine-tuned answer identical to the baseline's reuses its verdict. Only verdicts with a score are
+stored: failures and unparseable replies are asked again.
 
 SQLite in WAL mode: many small entries, readers never block the writer, and several threads or
 processes (parallel batch partitions) can share one file.
@@ -35,11 +36,14 @@ def judge_cache_scope(model_id: str, system_prompt: str, user_template: str) -> 
     return f"{model_id}|prompt:{prompt_hash}"
 
 
-def judge_cache_key(scope: str, item: JudgeItem) -> str:
-    """sha256 over the judge scope and the item's question and answers (as JSON, so types count)."""
-    payload = json.dumps(
-        [scope, item.question, item.human_answer, item.model_answer], ensure_ascii=False, sort_keys=True
-    )
+def judge_cache_key(scope: str, item: JudgeItem, repeat: int = 0) -> str:
+    """sha256 over the judge scope and the item's question and answers (as JSON, so types count).
+
+    `repeat` tells apart the asks of one item judged several times; repeat 0 is left out of the
+    payload, so it is the key a single ask always had and caches from before repeats stay valid.
+    """
+    fields = [scope, item.question, item.human_answer, item.model_answer] + ([repeat] if repeat else [])
+    payload = json.dumps(fields, ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

@@ -2,10 +2,11 @@
 
 The numbers come from `avdag.core.reporting.statistics`. Two means are reported. `mean_score` is the
 recipe's: the mean over answers the judge scored. `mean_score_strict` also counts a question
-the model did not answer (unparseable reply, missing field, failed judge call) as 1, the
-rubric's lowest grade — otherwise a model that answers nothing would have no mean at all and
-could not lose. Whether fine-tuning helped is read off the paired difference and its
-bootstrap interval, not off the two means.
+the model did not answer (unparseable reply, missing field) as 1, the rubric's lowest grade —
+otherwise a model that answers nothing would have no mean at all and could not lose — and
+leaves out a failed judgement (the judge's fault, not the model's). Every mean shown says so.
+Whether fine-tuning helped is read off the paired difference and its Student-t interval, not
+off the two means.
 """
 
 from __future__ import annotations
@@ -16,16 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from avdag.core.reporting.statistics import SOURCES, question_stats
+from avdag.core.reporting.statistics import INTERVAL_NAME, SOURCES, STRICT_MEAN_LABEL, question_stats
 
 NOT_SIGNIFICANT = "n.s."
 
 
-def compare_scores(
-    baseline: pd.DataFrame, finetuned: pd.DataFrame, questions: list[str], *, n_boot: int = 2000, seed: int = 0
-) -> pd.DataFrame:
-    """`question_stats` (missing = 1) with the verdict per question: better, worse, or neither."""
-    table = question_stats(baseline, finetuned, questions=questions, n_boot=n_boot, seed=seed, missing_as=1)
+def compare_scores(baseline: pd.DataFrame, finetuned: pd.DataFrame, questions: list[str]) -> pd.DataFrame:
+    """`question_stats` (no answer = 1) with the verdict per question: better, worse, or neither."""
+    table = question_stats(baseline, finetuned, questions=questions, missing_as=1)
     table["finetuned_better"] = table["significant"] & (table["diff"] > 0)
     table["finetuned_worse"] = table["significant"] & (table["diff"] < 0)
     return table
@@ -39,12 +38,16 @@ class ComparisonChart:
     not_significant: list[str]
 
 
-def comparison_chart(table: pd.DataFrame, title: str) -> ComparisonChart:
-    """Bars of the strict mean per question (1-5) with bootstrap 95% intervals as error bars.
+def comparison_chart(
+    table: pd.DataFrame, title: str, constant_means: pd.Series | None = None, warning: str | None = None
+) -> ComparisonChart:
+    """Bars of the strict mean per question (1-5) with 95% Student-t intervals as error bars.
 
-    The recipe's mean over scored answers is a black marker. A question whose paired
+    The recipe's mean over scored answers is a black marker; `constant_means` (by field), the
+    score of always giving the commonest train answer, a red cross. A question whose paired
     difference is not significant gets a hatched fine-tuned bar and a grey "n.s." label, so
-    a gap between two bars is never read as a win on its own.
+    a gap between two bars is never read as a win on its own. `warning` (a small sample) is
+    printed under the title.
     """
     import matplotlib
 
@@ -60,7 +63,7 @@ def comparison_chart(table: pd.DataFrame, title: str) -> ComparisonChart:
     for offset, source in zip((-width / 2, width / 2), SOURCES):
         xs = x + offset
         means = table[f"{source}_mean_score_strict"].to_numpy(dtype=float)
-        bars = ax.bar(xs, np.nan_to_num(means), width, label=f"{source} (missing = 1)", color=colors[source])
+        bars = ax.bar(xs, np.nan_to_num(means), width, label=f"{source} {STRICT_MEAN_LABEL}", color=colors[source])
         if source == "finetuned":
             for bar, unmarked in zip(bars, not_significant):
                 bar.set_hatch("//" if unmarked else None)
@@ -74,6 +77,16 @@ def comparison_chart(table: pd.DataFrame, title: str) -> ComparisonChart:
             zorder=3,
             label="mean over scored answers" if source == "finetuned" else None,
         )
+    if constant_means is not None:
+        ax.scatter(
+            x,
+            [constant_means.get(field, np.nan) for field in fields],
+            marker="x",
+            s=40,
+            color="#c0392b",
+            zorder=5,
+            label="constant answer (commonest train label)",
+        )
     ax.set_xticks(x)
     labels = ax.set_xticklabels(
         [f"{field} ({NOT_SIGNIFICANT})" if flag else field for field, flag in zip(fields, not_significant)],
@@ -83,11 +96,12 @@ def comparison_chart(table: pd.DataFrame, title: str) -> ComparisonChart:
     )
     for label, flag in zip(labels, not_significant):
         label.set_color("grey" if flag else "black")
-    ax.set_ylim(0, 6)  # room above 5 for the legend
+    ax.set_ylim(0, 6.6)  # room above 5 for the legend
     ax.set_yticks(range(6))
-    ax.set_ylabel("judge score (1-5), 95% bootstrap interval")
-    ax.set_title(f"{title}\n{NOT_SIGNIFICANT} / hatched: the paired difference's 95% interval includes 0", fontsize=9)
-    ax.legend(fontsize=8, loc="upper center", ncol=3)
+    ax.set_ylabel(f"judge score (1-5), {INTERVAL_NAME}")
+    subtitle = f"{NOT_SIGNIFICANT} / hatched: the paired difference's 95% interval includes 0"
+    ax.set_title(f"{title}\n{subtitle}" + (f"\n{warning}" if warning else ""), fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", ncol=2)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     marked = [
@@ -117,15 +131,21 @@ def _error_bars(ax, xs: np.ndarray, means: np.ndarray, low: pd.Series, high: pd.
     )
 
 
-def table_as_markdown(table: pd.DataFrame) -> str:
-    """The per-question table for Dagster metadata: counts, failure rates, means, difference."""
-    shown = pd.DataFrame({"field": table["field"], "n": table["n"]})
-    for source in SOURCES:
-        shown[f"{source} scored"] = table[f"{source}_scored_n"]
-        shown[f"{source} no answer"] = table[f"{source}_no_answer_rate"].round(2)
-        shown[f"{source} judge failed"] = table[f"{source}_judge_failure_rate"].round(2)
-        shown[f"{source} mean"] = table[f"{source}_mean_score_strict"].round(2)
-    shown["diff (95% CI)"] = [format_difference(row) for row in table.to_dict("records")]
+def table_as_markdown(table: pd.DataFrame, sources: tuple[str, str] = SOURCES) -> str:
+    """The per-question table for Dagster metadata: counts, failure rates, means, difference.
+
+    Each mean's header says how a missing answer and a failed judgement were counted; `sources`
+    names the two sides (champion and challenger in a promotion).
+    """
+    shown = pd.DataFrame({"field": table["field"], "n": table["n"], "paired": table["n_paired"]})
+    for column, source in zip(SOURCES, sources):
+        shown[f"{source} scored"] = table[f"{column}_scored_n"]
+        shown[f"{source} no answer (= 1)"] = table[f"{column}_no_answer_rate"].round(2)
+        shown[f"{source} judge failed (left out)"] = table[f"{column}_judge_failure_rate"].round(2)
+        shown[f"{source} {STRICT_MEAN_LABEL}"] = table[f"{column}_mean_score_strict"].round(2)
+    shown[f"{sources[1]} - {sources[0]} ({INTERVAL_NAME})"] = [
+        format_difference(row) for row in table.to_dict("records")
+    ]
     return shown.to_markdown(index=False)
 
 
@@ -139,6 +159,35 @@ def format_difference(row: dict) -> str:
 
 def _missing(value) -> bool:
     return value is None or value != value
+
+
+def constant_markdown(table: pd.DataFrame) -> str:
+    """Per question: the constant answer's mean beside both models', and each model minus the constant."""
+    shown = pd.DataFrame({"field": table["field"]})
+    if "constant_answer" in table:
+        shown["constant answer"] = [_short(answer) for answer in table["constant_answer"]]
+    shown[f"constant {STRICT_MEAN_LABEL}"] = table["constant_mean_score_strict"].round(2)
+    for source in SOURCES:
+        shown[f"{source} mean"] = table[f"{source}_mean_score_strict"].round(2)
+    for source in SOURCES:
+        shown[f"{source} - constant ({INTERVAL_NAME})"] = [
+            format_difference(
+                {
+                    "diff": row[f"{source}_diff"],
+                    "diff_low": row[f"{source}_diff_low"],
+                    "diff_high": row[f"{source}_diff_high"],
+                    "significant": row[f"{source}_better"] or row[f"{source}_worse"],
+                }
+            )
+            for row in table.to_dict("records")
+        ]
+    return shown.to_markdown(index=False)
+
+
+def _short(answer: str | None, limit: int = 40) -> str:
+    if not isinstance(answer, str):  # no constant for the field (None, NaN in a frame)
+        return "n/a"
+    return answer if len(answer) <= limit else answer[: limit - 3] + "..."
 
 
 def multiple_choice_markdown(table: pd.DataFrame) -> str:

@@ -6,6 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from avdag.core.captioning.caption_cache import caption_clips, field_failures
+from avdag.core.captioning.caption_quality import FLAGS, caption_quality, caption_quality_markdown
 from avdag.core.captioning.model import CaptionSource
 from avdag.core.common.labels import FIELD_COUNT
 from avdag.defs.pipeline.partitions import FOLLOW_NEW_CLIPS, clip_batches
@@ -15,8 +16,9 @@ from avdag.resources.io_managers import OPTIONAL_INPUT
 from avdag.resources.storage import ArtifactStoreResource
 
 
-def _caption_metadata(frame: pd.DataFrame) -> dict[str, Any]:
+def _caption_metadata(frame: pd.DataFrame, raw_clips: pd.DataFrame) -> dict[str, Any]:
     parsed = frame["parsed_json"].notna()
+    quality = caption_quality(frame, raw_clips)
     return {
         "clips": len(frame),
         "parsed": int(parsed.sum()),
@@ -25,6 +27,9 @@ def _caption_metadata(frame: pd.DataFrame) -> dict[str, Any]:
         "computed_now": int((~frame["cached"]).sum()),
         "not_captioned": int(frame["caption_error"].notna().sum()),
         "field_failures": dg.MetadataValue.md(field_failures(frame).to_markdown(index=False)),
+        # before the judge is paid: answers cut at the token cap, empty, looping, or far longer than the label
+        "caption_quality": dg.MetadataValue.md(caption_quality_markdown(quality)),
+        **{f"answers_{flag}": int(quality[flag].sum()) if len(quality) else 0 for flag in FLAGS},
         "mean_new_tokens": float(frame["new_tokens"].mean()) if len(frame) else 0.0,
         "model_hash": dg.MetadataValue.text(str(frame["model_hash"].iloc[0]) if len(frame) else ""),
     }
@@ -49,7 +54,7 @@ def _run_captioning(
         log=context.log.info,
         run_id=context.run.run_id,
     )
-    return dg.Output(frame, metadata={**_caption_metadata(frame), **extra_metadata})
+    return dg.Output(frame, metadata={**_caption_metadata(frame, raw_clips), **extra_metadata})
 
 
 @dg.asset(

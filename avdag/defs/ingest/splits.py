@@ -5,14 +5,17 @@ import pandas as pd
 from pydantic import Field
 
 from avdag.core.ingest.splits import EVAL_FRACTION, assign_splits
+from avdag.defs.pipeline.instance_reads import latest_of_partition
 from avdag.defs.pipeline.partitions import FOLLOW_NEW_CLIPS, clip_batches
 from avdag.resources.io_managers import ALL_PARTITIONS
 
 
 class SplitConfig(dg.Config):
-    eval_fraction: float = Field(
-        default=EVAL_FRACTION,
-        description="Share of labelled clips held out for evaluation. Raising it only moves clips train->eval.",
+    eval_fraction: float | None = Field(
+        default=None,
+        description="Share of labelled clips held out for evaluation. Default: the fraction this batch was split "
+        f"at before (so a re-run never moves a clip between sides), else {EVAL_FRACTION}. Raising it only moves "
+        "clips train->eval.",
     )
 
 
@@ -23,14 +26,26 @@ class SplitConfig(dg.Config):
     group_name="ingest",
     kinds={"parquet"},
 )
-def clip_splits(config: SplitConfig, raw_clips: pd.DataFrame) -> dg.Output[pd.DataFrame]:
-    """90/10 train/eval by a hash of the clip id; clips without a valid label are 'unlabelled'."""
-    sides = assign_splits(list(zip(raw_clips["clip_id"], raw_clips["label_json"].notna())), config.eval_fraction)
+def clip_splits(
+    context: dg.AssetExecutionContext, config: SplitConfig, raw_clips: pd.DataFrame
+) -> dg.Output[pd.DataFrame]:
+    """Train/eval by a hash of the clip id (10% eval by default); clips without a valid label are 'unlabelled'."""
+    fraction = config.eval_fraction
+    if fraction is None:
+        before = latest_of_partition(context.instance, "clip_splits", context.partition_key)
+        fraction = float((before.metadata if before else {}).get("eval_fraction", EVAL_FRACTION))
+    sides = assign_splits(list(zip(raw_clips["clip_id"], raw_clips["label_json"].notna())), fraction)
     frame = pd.DataFrame(
         {"clip_id": raw_clips["clip_id"], "sha256": raw_clips["sha256"], "split": raw_clips["clip_id"].map(sides)}
     )
     counts = frame["split"].value_counts()
-    return dg.Output(frame, metadata={side: int(counts.get(side, 0)) for side in ("train", "eval", "unlabelled")})
+    return dg.Output(
+        frame,
+        metadata={
+            "eval_fraction": fraction,
+            **{side: int(counts.get(side, 0)) for side in ("train", "eval", "unlabelled")},
+        },
+    )
 
 
 @dg.asset(

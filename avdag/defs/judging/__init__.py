@@ -1,1 +1,1 @@
-"""Judge scores per clip batch, the calibration check, the Batch API sensor."""
+"""Judge scores per clip batch, the judge's calibration (with its blocking check), the Batch API sensor."""

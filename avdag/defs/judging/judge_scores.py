@@ -5,6 +5,7 @@ import pandas as pd
 
 from avdag.core.captioning.model import CaptionSource
 from avdag.core.judging.batch_api import BatchApiPending
+from avdag.core.judging.calibration import labels_of
 from avdag.core.judging.items import summarize_scores
 from avdag.core.judging.score_captions import score_captions
 from avdag.defs.pipeline.partitions import clip_batches
@@ -39,6 +40,8 @@ def build_judge_scores_asset(source: CaptionSource) -> dg.AssetsDefinition:
         scorer = judge.build_scorer(
             prompts, {"asset": context.asset_key.to_user_string(), "partition": context.partition_key}
         )
+        # the batch's human labels: the offline judge ranks each answer among them
+        scorer = judge.with_reference_labels(scorer, labels_of(raw_clips).values())
         try:
             frame, spend = score_captions(
                 scorer, prompts, eval_clips, captions, cache=judge.cache(), log=context.log.info

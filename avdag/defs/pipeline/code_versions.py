@@ -14,6 +14,9 @@ from typing import Any
 
 import dagster as dg
 
+from avdag.core.judging.offline_judge import CALIBRATION_VERSION as OFFLINE_CALIBRATION
+from avdag.resources.judge import OfflineJudgeResource
+
 CAPTION_ASSETS = ("baseline_captions", "finetuned_captions")
 JUDGE_ASSETS = ("baseline_judge_scores", "finetuned_judge_scores")
 TRAINING_ASSETS = ("sft_checkpoint",)
@@ -40,11 +43,23 @@ def code_versions(resources: dict[str, Any]) -> dict[str, str]:
     training = _digest(
         "training", type(trainer).__name__, trainer.settings().as_dict(), prompts.caption_hash, captioner.model
     )
-    judging = _digest("judge", type(judge).__name__, getattr(judge, "model", None), prompts.judge_hash)
+    judging = _digest(
+        "judge",
+        type(judge).__name__,
+        getattr(judge, "model", None),
+        getattr(judge, "repeats", 1),
+        OFFLINE_CALIBRATION if isinstance(judge, OfflineJudgeResource) else None,
+        prompts.judge_hash,
+    )
     versions = dict.fromkeys(CAPTION_ASSETS, caption) | dict.fromkeys(TRAINING_ASSETS, training)
     # The promotion evaluation captions and judges: it changes with either.
     evaluation = _digest("evaluation", caption, judging)
-    return versions | dict.fromkeys(JUDGE_ASSETS, judging) | {"candidate_evaluation": evaluation}
+    # The calibration and the constant answer in the comparison are judged too.
+    return (
+        versions
+        | dict.fromkeys(JUDGE_ASSETS, judging)
+        | {"candidate_evaluation": evaluation, "judge_calibration": judging, "score_comparison": judging}
+    )
 
 
 def with_code_versions(assets, versions: dict[str, str]):

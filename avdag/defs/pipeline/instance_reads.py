@@ -39,6 +39,17 @@ def latest(instance: dg.DagsterInstance, asset: str) -> Materialization | None:
     return Materialization(record.storage_id, record.partition_key, _plain(record.asset_materialization.metadata))
 
 
+def latest_of_partition(instance: dg.DagsterInstance, asset: str, partition: str) -> Materialization | None:
+    """The newest materialization of one partition of `asset`."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
+    ).records
+    if not records:
+        return None
+    record = records[0]
+    return Materialization(record.storage_id, record.partition_key, _plain(record.asset_materialization.metadata))
+
+
 def latest_by_partition(instance: dg.DagsterInstance, asset: str) -> dict[str, Materialization]:
     """The newest materialization of each partition of `asset`."""
     storage_ids = instance.get_latest_storage_id_by_partition(

@@ -5,7 +5,8 @@
   It never trains and never writes a collection-wide asset.
 - `training_pipeline`, unpartitioned, one run at a time: split manifest (blocking leak check), SFT
   checkpoint, champion/challenger evaluation on the eval split, promotion (blocking gate).
-- `reporting_pipeline`, one run at a time: the comparison chart and the clip catalog.
+- `reporting_pipeline`, one run at a time: the judge's calibration (a blocking check), the comparison
+  chart and the clip catalog.
 
 "One run at a time" is the instance's run queue: runs carry the tag `avdag/stage`, and the
 instance config avdag ships (`avdag/dagster.yaml`) limits the training and reporting stages to one
@@ -28,7 +29,8 @@ PER_BATCH_ASSETS = (
 )
 FINETUNED_ASSETS = ("finetuned_captions", "finetuned_judge_scores")
 TRAINING_ASSETS = ("split_manifest", "sft_checkpoint", "candidate_evaluation", "checkpoint_in_service")
-REPORTING_ASSETS = ("score_comparison", "clip_catalog")
+# judge_calibration first: its blocking check stops the comparison when the judge cannot tell right from wrong.
+REPORTING_ASSETS = ("judge_calibration", "score_comparison", "clip_catalog")
 
 clip_batch_pipeline = dg.define_asset_job(
     "clip_batch_pipeline",
@@ -50,6 +52,7 @@ reporting_pipeline = dg.define_asset_job(
     selection=dg.AssetSelection.assets(*REPORTING_ASSETS),
     tags={STAGE_TAG: "reporting"},
     executor_def=dg.in_process_executor,
-    description="Baseline vs the checkpoint in service over every batch's eval clips; the clip catalog.",
+    description="The judge's calibration, then baseline vs the checkpoint in service over every batch's eval "
+    "clips; the clip catalog.",
 )
 JOBS = [clip_batch_pipeline, training_pipeline, reporting_pipeline]

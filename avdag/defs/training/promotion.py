@@ -14,6 +14,7 @@ import pandas as pd
 
 from avdag.core.captioning.caption_cache import caption_clips
 from avdag.core.common.model_identity import model_fingerprint
+from avdag.core.judging.calibration import labels_of
 from avdag.core.judging.score_captions import score_captions
 from avdag.core.reporting.charts import compare_scores, table_as_markdown
 from avdag.core.reporting.promotion import PromotionRule, decide_promotion
@@ -65,6 +66,7 @@ def candidate_evaluation(
     """The candidate against the checkpoint in service, on the eval split only (not every clip)."""
     prompts = captioner.prompts()
     scorer = judge.build(prompts)  # the live judge: a promotion cannot wait a day for a Batch API answer
+    scorer = judge.with_reference_labels(scorer, labels_of(concat_partitions(raw_clips)).values())
     cache = judge.cache()
     clips = eval_clips_of(concat_partitions(raw_clips), split_manifest)
     # The champion is read from the instance's record of the last promotion (an input would make
@@ -123,10 +125,10 @@ def candidate_evaluation(
             "rule": dg.MetadataValue.text(rule.describe()),
             "eval_clips": decision.eval_clips,
             "mean_difference": decision.mean_difference,
+            "judge_failures_excluded": decision.judge_failures_excluded,
+            "small_sample": decision.small_sample,
             "per_question": dg.MetadataValue.md(
-                table_as_markdown(table).replace("baseline", "champion").replace("fine-tuned", "challenger")
-                if table is not None
-                else "no eval clips"
+                table_as_markdown(table, ("champion", "challenger")) if table is not None else "no eval clips"
             ),
         },
     )

@@ -178,7 +178,9 @@ def test_summarize_scores_numbers() -> None:
 def test_summarize_scores_accepts_nullable_integer_and_empty_frames() -> None:
     rows = pd.DataFrame({"field": ["weather", "weather"], "score": pd.array([2, pd.NA], dtype="Int64")})
     summary = summarize_scores(rows)
-    assert summary.iloc[0].to_dict() == {
+    first = summary.iloc[0].to_dict()
+    assert math.isnan(first.pop("mean_spread")) and math.isnan(first.pop("max_spread"))  # no repeats recorded
+    assert first == {
         "field": "weather",
         "num_results": 2,
         "num_scores": 1,
@@ -187,4 +189,25 @@ def test_summarize_scores_accepts_nullable_integer_and_empty_frames() -> None:
     }
     empty = summarize_scores(pd.DataFrame({"field": [], "score": []}))
     assert empty.empty
-    assert list(empty.columns) == ["field", "num_results", "num_scores", "mean_score", "success_rate"]
+    assert list(empty.columns) == [
+        "field",
+        "num_results",
+        "num_scores",
+        "mean_score",
+        "success_rate",
+        "mean_spread",
+        "max_spread",
+    ]
+
+
+def test_summarize_scores_reports_the_spread_of_repeated_asks_per_question() -> None:
+    rows = pd.DataFrame(
+        {
+            "field": ["weather", "weather", "weather", "lighting"],
+            "score": pd.array([3, 4, pd.NA, 5], dtype="Int64"),
+            "score_spread": pd.array([0, 2, pd.NA, pd.NA], dtype="Int64"),
+        }
+    )
+    summary = summarize_scores(rows).set_index("field")
+    assert (summary.loc["weather", "mean_spread"], summary.loc["weather", "max_spread"]) == (1.0, 2.0)
+    assert math.isnan(summary.loc["lighting", "mean_spread"])

@@ -297,8 +297,9 @@ def test_every_row_is_a_score_or_a_recorded_failure_and_spend_adds_up(cache) -> 
         out_of_range=1,
         prompt_tokens=int(frame["prompt_tokens"].sum()),
         completion_tokens=int(frame["completion_tokens"].sum()),
+        rate_limited_calls=3,
     )
-    assert spend.calls == 11 + 3 + 1  # one each, three rate-limited once, BROKEN twice
+    assert spend.calls == 11 + 3 + 1 + 1  # one each, three rate-limited once, BROKEN twice, NO-SCORE twice
     assert spend.prompt_tokens == 10 * (spend.calls - 3 - 2)  # usage only from answered calls
 
 
@@ -373,7 +374,7 @@ def test_failed_and_unparseable_verdicts_are_not_cached(cache) -> None:
         _, first = _score(_judge(server, max_retries=0), captions, cache, n=2)
         healthy.set()
         frame, second = _score(_judge(server, max_retries=0), captions, cache, n=2)
-    assert (first.failures, first.parse_failures, first.calls) == (1, 1, 6)
+    assert (first.failures, first.parse_failures, first.calls) == (1, 1, 7)  # the unparsed reply asked twice
     assert (second.calls, second.cache_hits, second.failures, second.parse_failures) == (2, 4, 0, 0)
     assert frame["score"].notna().all()
 

@@ -74,12 +74,13 @@ def test_openai_judge_sends_recipe_messages_and_parses_replies() -> None:
 
 
 def test_openai_judge_reply_without_score_is_none_not_error() -> None:
+    """Asked once more (both calls counted), then recorded as a reply without a score."""
     with OpenAIStubServer(lambda request: "bad") as server:
         [verdict] = _openai_judge(server, model="judge-model").judge([_item("lane_type", "a", "b")])
     assert verdict == JudgeVerdict(
-        score=None, reply="bad", error=None, attempts=1, prompt_tokens=10, completion_tokens=1
+        score=None, reply="bad", error=None, attempts=2, prompt_tokens=20, completion_tokens=2
     )
-    assert server.requests[0]["model"] == "judge-model"
+    assert len(server.requests) == 2 and server.requests[0]["model"] == "judge-model"
 
 
 def test_openai_judge_http_500_becomes_error_verdict_and_loop_goes_on() -> None:

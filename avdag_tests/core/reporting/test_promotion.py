@@ -8,20 +8,57 @@ import pytest
 from avdag.core.reporting.promotion import PromotionRule, decide_promotion, per_clip_strict_means
 
 FIELDS = ["weather", "lighting", "safety_analysis"]
+FAILED = "judge failed"  # a score of FAILED: the model answered, the judge call errored
 
 
-def _scores(per_clip: dict[str, list[float | None]], batch: str = "b1") -> pd.DataFrame:
+def _scores(per_clip: dict[str, list[float | str | None]], batch: str = "b1") -> pd.DataFrame:
+    """Score rows; None is a field the model did not answer, FAILED a judge call that failed."""
     rows = [
-        {"batch": batch, "clip_id": clip, "field": field, "score": score}
+        {
+            "batch": batch,
+            "clip_id": clip,
+            "field": field,
+            "score": None if score in (None, FAILED) else score,
+            "model_answer": None if score is None else '"an answer"',
+            "judge_error": "HTTP 503 after 3 tries" if score == FAILED else None,
+        }
         for clip, scores in per_clip.items()
         for field, score in zip(FIELDS, scores)
     ]
     return pd.DataFrame(rows).astype({"score": "Float64"})
 
 
-def test_a_missing_score_counts_as_the_lowest_grade():
-    means = per_clip_strict_means(_scores({"c1": [5, None, 3]}))
+def test_a_missing_answer_counts_as_the_lowest_grade_and_a_failed_judgement_not_at_all():
+    means = per_clip_strict_means(_scores({"c1": [5, None, 3], "c2": [5, FAILED, 3]}))
     assert means.loc[("b1", "c1")] == pytest.approx(3.0)
+    assert means.loc[("b1", "c2")] == pytest.approx(4.0)
+
+
+def test_a_judge_outage_during_the_challengers_run_does_not_refuse_it():
+    """Same answers; the judge failed on a third of the challenger's items. Counted as 1, that was -1.0 a clip."""
+    champion = _scores({f"c{i}": [4, 5, 2] for i in range(6)})
+    challenger = _scores({f"c{i}": [4, 5, FAILED] if i % 2 else [FAILED, 5, 2] for i in range(6)})
+    decision = decide_promotion(champion, challenger)
+    assert decision.promote and decision.mean_difference == 0.0
+    assert decision.judge_failures_excluded == 6 and decision.eval_clips == 6
+    assert "6 item(s) left out: the judge failed" in decision.reason
+
+
+def test_an_item_the_judge_failed_on_one_side_is_left_out_of_both():
+    champion = _scores({"c1": [5, 1, FAILED], "c2": [3, 3, 3]})
+    challenger = _scores({"c1": [5, 1, 1], "c2": [3, 3, 3]})  # the item the champion lost scored 1 here
+    decision = decide_promotion(champion, challenger)
+    assert decision.mean_difference == 0.0 and decision.judge_failures_excluded == 1
+    assert (decision.champion_mean, decision.challenger_mean) == (pytest.approx(3.0), pytest.approx(3.0))
+
+
+def test_a_decision_on_few_clips_says_the_sample_is_small():
+    champion = _scores({"c1": [2, 2, 2], "c2": [3, 3, 3]})
+    challenger = _scores({"c1": [3, 3, 3], "c2": [3, 3, 3]})
+    decision = decide_promotion(champion, challenger)
+    assert decision.small_sample and "small sample: 2 eval clip(s)" in decision.reason
+    many = {f"c{i}": [3, 3, 3] for i in range(20)}
+    assert not decide_promotion(_scores(many), _scores(many)).small_sample
 
 
 def test_a_better_challenger_is_promoted_and_the_rule_is_recorded():

@@ -55,14 +55,14 @@ def test_batch_scoring_is_submitted_then_collected_by_the_run_the_sensor_request
             judge=judge,
         )
 
-        def materialize(selection, partition=BATCH):
+        def materialize(selection, partition=BATCH, raise_on_error=True):
             return dg.materialize(
                 ALL_ASSETS,
                 selection=selection,
                 partition_key=partition,
                 resources=resources,
                 instance=instance,
-                raise_on_error=True,
+                raise_on_error=raise_on_error,
                 run_config=small_run_config() if "clip_splits" in selection else None,
             )
 
@@ -83,10 +83,15 @@ def test_batch_scoring_is_submitted_then_collected_by_the_run_the_sensor_request
         judge_server.finish_batch(batch["id"])
         (request,) = _sense(instance, judge)
         assert request.partition_key == BATCH and request.run_key.startswith("judge-batch:")
-        assert {key.to_user_string() for key in request.asset_selection} == {SCORES, "score_comparison"}
+        assert {key.to_user_string() for key in request.asset_selection} == {
+            SCORES,
+            "judge_calibration",
+            "score_comparison",
+        }
         assert _sense(instance, judge)[0].run_key == request.run_key, "the same ended batch, the same run key"
 
-        collected = materialize([key.to_user_string() for key in request.asset_selection])
+        # A judge that says 4 to everything fails calibration: the scores are collected, the comparison is not made.
+        collected = materialize([key.to_user_string() for key in request.asset_selection], raise_on_error=False)
         scores = collected.output_for_node(SCORES)
         judged = scores[scores["model_answer"].notna()]
         assert (judged["score"] == 4).all()
@@ -100,7 +105,9 @@ def test_batch_scoring_is_submitted_then_collected_by_the_run_the_sensor_request
         }
         assert metadata[SCORES]["judge_calls"].value == requests == len(judge_server.batch_lines_processed)
         assert metadata[SCORES]["judge_cache_hits"].value == len(judged) - requests
-        assert "score_comparison" in metadata
+        assert "judge_calibration" in metadata and "score_comparison" not in metadata
+        (gate,) = collected.get_asset_check_evaluations()
+        assert gate.check_name == "judge_separates_answers" and not gate.passed
 
         after = _sense(instance, judge)
         assert isinstance(after, dg.SkipReason) and "0 judge batch submissions still running" in after.skip_message

@@ -1,27 +1,64 @@
-"""The judge_calibration asset check in Dagster: raw_clips of one small batch, then the check alone,
-with the offline judge and with the OpenAI-compatible judge talking HTTP to a loopback server."""
-
-import re
+"""The judge_calibration asset and its blocking check in Dagster: raw_clips of one small batch, then the
+calibration alone with a stand-in for the comparison downstream of it. The offline judge passes and the
+stand-in runs; a judge that always says 5, or scores by answer length, fails and the stand-in never runs."""
 
 import dagster as dg
 import pytest
 
+from avdag.core.judging.judges import JudgeVerdict
 from avdag.definitions import defs
-from avdag.defs.judging.checks import baseline_judge_calibration, finetuned_judge_calibration
+from avdag.defs.judging.judge_calibration import judge_calibration, judge_separates_answers
+from avdag.defs.pipeline.jobs import REPORTING_ASSETS
 from avdag.defs.pipeline.partitions import clip_batches
 from avdag.demo.sample_batch import write_sample_batch
-from avdag.resources.io_managers import ParquetIOManager
-from avdag.resources.judge import OfflineJudgeResource, OpenAIJudgeResource
+from avdag.resources.io_managers import JsonIOManager, ParquetIOManager
+from avdag.resources.judge import JudgeResource, OfflineJudgeResource, OpenAIJudgeResource
 from avdag.resources.registry import ClipRegistryResource
 from avdag_tests.support.openai_stub_server import OpenAIStubServer
 from avdag_tests.support.pipeline_helpers import small_resources
 
 BATCH = "batch-calibration"
-CHECKS = [baseline_judge_calibration, finetuned_judge_calibration]
-# prompts/judge_user.txt puts the two answers between these headings.
-_ANSWERS = re.compile(
-    r"\*\*\* Human response \*\*\*:\n(.*)\n\n\*\*\* LLM response \*\*\*:\n(.*)\n\nAnswer in", re.DOTALL
-)
+RECORD_KEYS = {
+    "passed",
+    "reason",
+    "judge_id",
+    "thresholds",
+    "means",
+    "by_field",
+    "missed_fields",
+    "skipped_fields",
+    "labelled_clips",
+    "sampled_clips",
+    "judged_items",
+    "failed_items",
+    "judge_calls",
+    "judge_cache_hits",
+}
+
+
+@dg.asset(io_manager_key="json_io")
+def comparison_stand_in(judge_calibration: dict) -> dict:
+    """Reads judge_calibration as score_comparison will: it must not run when the judge fails."""
+    return {"judge_id": judge_calibration["judge_id"]}
+
+
+class _ScoreBy:
+    def __init__(self, judge_id, score_of):
+        self.judge_id, self._score_of = judge_id, score_of
+
+    def judge(self, items):
+        return [JudgeVerdict(score=s, reply=f"<answer>{s}</answer>") for s in map(self._score_of, items)]
+
+
+def _by_length(item) -> int:
+    """5 for an answer as long as the human's, one point off per quarter of its length missed or added."""
+    human, model = len(str(item.human_answer)), len(str(item.model_answer))
+    return max(1, 5 - round(4 * abs(human - model) / max(human, 1)))
+
+
+class LengthJudgeResource(JudgeResource):
+    def build(self, prompts):
+        return _ScoreBy("test:length", _by_length)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +70,7 @@ def ingested(tmp_path_factory):
         str(root),
         clip_registry=ClipRegistryResource(path=str(root / "_registry.sqlite")),
         parquet_io=ParquetIOManager(base_dir=str(root / "assets")),
+        json_io=JsonIOManager(base_dir=str(root / "json")),
     )
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(clip_batches.name, [BATCH])
@@ -44,79 +82,63 @@ def ingested(tmp_path_factory):
             instance=instance,
             raise_on_error=True,
         )
-        yield instance, resources, root
+        yield instance, resources
 
 
-def _evaluate(ingested, judge, checks=(baseline_judge_calibration,)) -> dict:
-    """Run only the calibration check(s); {asset name: evaluation}."""
-    instance, resources, _ = ingested
+def _calibrate(ingested, judge):
+    """judge_calibration, its check and the stand-in, in one run; (record, check evaluation, stand-in ran?)."""
+    instance, resources = ingested
     result = dg.materialize(
-        list(defs.assets) + CHECKS,
-        selection=dg.AssetSelection.checks(*checks),
+        list(defs.assets) + [judge_separates_answers, comparison_stand_in],
+        selection=dg.AssetSelection.assets(judge_calibration, comparison_stand_in),
         resources={**resources, "judge": judge},
         instance=instance,
-        raise_on_error=True,
+        raise_on_error=False,
     )
-    assert not result.get_asset_materialization_events()
-    return {e.asset_key.to_user_string(): e for e in result.get_asset_check_evaluations()}
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "judge_calibration" in materialized
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.check_name == "judge_separates_answers" and evaluation.severity == dg.AssetCheckSeverity.ERROR
+    return result.output_for_node("judge_calibration"), evaluation, "comparison_stand_in" in materialized
 
 
-def _value(evaluation, key):
-    return evaluation.metadata[key].value
+def test_the_offline_judge_passes_and_the_comparison_runs(ingested):
+    record, evaluation, downstream_ran = _calibrate(ingested, OfflineJudgeResource())
+    assert record["passed"] and evaluation.passed and downstream_ran, record["reason"]
+    assert set(record) == RECORD_KEYS
+    assert record["judge_id"] == "offline:all-minilm-l6-v2:v2" and record["judge_calls"] == 0
+    assert record["thresholds"] == {"min_gap": 2.0, "min_paraphrase_mean": 4.0}
+    assert record["labelled_clips"] == record["sampled_clips"] == 4 and record["failed_items"] == 0
+    by_field = {row["field"]: row for row in record["by_field"]}
+    assert len(by_field) == 15 and by_field["safety_analysis"]["verdict"] == "met"
+    for row in by_field.values():
+        assert row["verdict"] in ("met", "skipped") and (row["gap"] is None or row["gap"] >= 2.0)
+    assert "judge_calibration" in REPORTING_ASSETS  # runs in the reporting job, with its check
 
 
-def test_offline_judge_passes_on_both_score_assets(ingested):
-    evaluations = _evaluate(ingested, OfflineJudgeResource(), checks=CHECKS)
-    assert set(evaluations) == {"baseline_judge_scores", "finetuned_judge_scores"}
-    for evaluation in evaluations.values():
-        assert evaluation.check_name == "judge_calibration" and evaluation.passed
-        assert evaluation.severity == dg.AssetCheckSeverity.ERROR
-        assert _value(evaluation, "self_mean") == 5.0
-        assert _value(evaluation, "gap") == pytest.approx(
-            _value(evaluation, "self_mean") - _value(evaluation, "other_mean")
-        )
-        assert _value(evaluation, "gap") >= _value(evaluation, "min_gap") == 2.0
-        assert _value(evaluation, "sampled_clips") == 4 and _value(evaluation, "failed_items") == 0
-        assert _value(evaluation, "judge_id").startswith("offline:") and _value(evaluation, "judge_calls") == 0
-        assert "| weather " in _value(evaluation, "by_field")
+def test_a_judge_scoring_by_answer_length_fails_and_blocks_the_comparison(ingested):
+    record, evaluation, downstream_ran = _calibrate(ingested, LengthJudgeResource())
+    assert not record["passed"] and not evaluation.passed and not downstream_ran
+    assert {"safety_analysis", "lane_type", "driving_difficulty"} <= set(record["missed_fields"])
+    assert "the judge cannot tell right from wrong" in evaluation.metadata["reason"].value
 
 
-def _openai_judge(server, tmp_path) -> OpenAIJudgeResource:
-    # Few calls in flight: the stub's listen backlog is small, and a refused connection would be a failed item.
-    return OpenAIJudgeResource(
-        api_key="test",
-        model="calibration-test",
-        base_url=server.base_url,
-        max_retries=0,
-        max_in_flight=4,
-        cache_path=str(tmp_path / "judge.sqlite"),
-    )
-
-
-def test_a_judge_that_always_says_5_fails_with_gap_0(ingested, tmp_path):
+def test_an_llm_judge_that_always_says_5_fails_and_blocks_and_a_rerun_is_free(ingested, tmp_path):
     with OpenAIStubServer(lambda request: "Looks the same. <answer>5</answer>") as server:
-        evaluation = _evaluate(ingested, _openai_judge(server, tmp_path))["baseline_judge_scores"]
-        assert len(server.requests) == _value(evaluation, "judge_calls") > 0
-    assert not evaluation.passed and _value(evaluation, "failed_items") == 0
-    assert _value(evaluation, "self_mean") == _value(evaluation, "other_mean") == 5.0
-    assert _value(evaluation, "gap") == 0.0
-    assert "gap 0.00 < 2.0" in _value(evaluation, "reason")
-
-
-def _equal_answers_get_5(request) -> str:
-    human, model = _ANSWERS.search(request["messages"][-1]["content"]).groups()
-    return "<answer>5</answer>" if human == model else "<answer>1</answer>"
-
-
-def test_a_judge_that_separates_the_answers_passes_and_a_rerun_is_free(ingested, tmp_path):
-    with OpenAIStubServer(_equal_answers_get_5) as server:
-        first = _evaluate(ingested, _openai_judge(server, tmp_path))["baseline_judge_scores"]
+        judge = OpenAIJudgeResource(
+            api_key="test",
+            model="calibration-test",
+            base_url=server.base_url,
+            max_retries=0,
+            max_in_flight=4,  # the stub's listen backlog is small: a refused connection would be a failed item
+            cache_path=str(tmp_path / "judge.sqlite"),
+        )
+        record, evaluation, downstream_ran = _calibrate(ingested, judge)
         asked = len(server.requests)
-        again = _evaluate(ingested, _openai_judge(server, tmp_path))["baseline_judge_scores"]
+        again, _, _ = _calibrate(ingested, judge)
         assert len(server.requests) == asked  # every verdict came from the cache
-    assert first.passed and again.passed and _value(first, "failed_items") == 0
-    assert (_value(first, "self_mean"), _value(first, "other_mean"), _value(first, "gap")) == (5.0, 1.0, 4.0)
-    assert asked == _value(first, "judge_calls") > 0
-    assert _value(again, "judge_calls") == 0
-    assert _value(again, "judge_cache_hits") == _value(again, "judged_items") == _value(first, "judged_items")
-    assert _value(again, "gap") == 4.0
+    assert not record["passed"] and not evaluation.passed and not downstream_ran
+    assert record["means"] == {"paraphrase": 5.0, "constant": 5.0, "other": 5.0} and record["failed_items"] == 0
+    assert 0 < asked == record["judge_calls"] <= record["judged_items"]  # an item asked twice is judged once
+    assert again["judge_calls"] == 0 and again["judge_cache_hits"] == record["judged_items"]
+    assert len(record["missed_fields"]) == 14  # every field with a wrong answer to compare (rule_violation: none)
