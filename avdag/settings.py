@@ -40,6 +40,8 @@ class Settings:
     """What the environment says, typed. `None` means "not set": the resource's own default applies."""
 
     home: Path
+    state_url: str
+    db_url: str
     landing_url: str
     s3_endpoint_url: str | None
     model: str
@@ -77,6 +79,8 @@ class Settings:
         home = avdag_home(env.text("AVDAG_HOME"))
         return cls(
             home=home,
+            state_url=_state_url(env.text("AVDAG_STATE_URL"), home),
+            db_url=_db_url(env.text("AVDAG_DB_URL"), home),
             landing_url=env.text("AVDAG_LANDING_URL") or str(home / "landing"),
             s3_endpoint_url=env.text("AVDAG_S3_ENDPOINT_URL"),
             model=env.text("AVDAG_MODEL") or EMBEDDED_MODEL,
@@ -111,6 +115,26 @@ def avdag_home(value: str | None = None) -> Path:
     if value is None:
         value = os.environ.get("AVDAG_HOME") or None
     return Path(value or DEFAULT_HOME).expanduser().resolve()
+
+
+def _state_url(value: str | None, home: Path) -> str:
+    """Where everything that outlives a step lives: a local folder (default: `$AVDAG_HOME`) or `s3://bucket/prefix`."""
+    if value is None:
+        return str(home)
+    if "://" in value and not value.startswith(("s3://", "file://")):
+        raise SettingsError(f"AVDAG_STATE_URL={value!r}: expected a local folder, file://... or s3://bucket/prefix")
+    if value.startswith("s3://"):
+        return value.rstrip("/")
+    return str(Path(value.removeprefix("file://")).expanduser().resolve())
+
+
+def _db_url(value: str | None, home: Path) -> str:
+    """The clip registry, judge verdict cache and judge-batch ledger: SQLite under `$AVDAG_HOME` by default."""
+    if value is None:
+        return f"sqlite:///{home / 'avdag.sqlite'}"
+    if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise SettingsError(f"AVDAG_DB_URL={value!r}: expected sqlite:///path/to/file.sqlite or postgresql://...")
+    return value
 
 
 def _default(value: int | None, default: int) -> int:
