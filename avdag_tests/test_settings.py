@@ -106,3 +106,18 @@ def test_resources_follow_the_settings(tmp_path):
     assert served["captioner"].base_urls == ["http://127.0.0.1:9/v1"]
     assert isinstance(served["trainer"], CosmosRlTrainerResource)
     assert served["trainer"].launcher == ["torchrun-wrapper", "cosmos-rl"]
+
+
+def test_state_and_database_default_under_the_home_and_accept_object_storage_and_postgres(tmp_path):
+    local = Settings.from_env({"AVDAG_HOME": str(tmp_path)})
+    assert local.state_url == str(tmp_path) and local.db_url == f"sqlite:///{tmp_path / 'avdag.sqlite'}"
+    remote = Settings.from_env({"AVDAG_STATE_URL": "s3://bucket/avdag/", "AVDAG_DB_URL": "postgresql://u@db/avdag"})
+    assert remote.state_url == "s3://bucket/avdag" and remote.db_url == "postgresql://u@db/avdag"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("AVDAG_STATE_URL", "gs://bucket/x"), ("AVDAG_DB_URL", "mysql://u@db/avdag")]
+)
+def test_an_unsupported_state_or_database_url_names_the_variable(name, value):
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
