@@ -29,12 +29,18 @@ install: $(VENV)/.installed
 
 ## Debian packages the tests use: ffmpeg's shared libraries let torchcodec load (qwen-vl-utils' frame reader,
 ## the reference avdag's decoder is checked against); chromium is the browser Playwright drives in the UI test
-## (`playwright install` cannot download its own). Installed with apt-get when missing: as root, or with
-## passwordless sudo; otherwise this stops and says what to run.
-SYSTEM_PACKAGES := ffmpeg chromium
+## (`playwright install` cannot download its own); postgresql's initdb and pg_ctl start the throwaway server the
+## Postgres-backed tests use (Debian keeps them off PATH, in /usr/lib/postgresql/<version>/bin); redis-server is
+## the broker of the Celery executor's test. Installed with apt-get when missing: as root, or with passwordless
+## sudo; otherwise this stops and says what to run.
+SYSTEM_PACKAGES := ffmpeg chromium postgresql redis-server
 system-packages:
-	@missing=""; \
-	for pkg in $(SYSTEM_PACKAGES); do command -v $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	@present() { case "$$1" in \
+		postgresql) ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1;; \
+		*) command -v "$$1" >/dev/null 2>&1;; \
+	esac; }; \
+	missing=""; \
+	for pkg in $(SYSTEM_PACKAGES); do present $$pkg || missing="$$missing $$pkg"; done; \
 	missing="$${missing# }"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then sudo=""; \
@@ -59,7 +65,7 @@ system-packages:
 		echo "apt-get could not install: $$missing" >&2; exit 1; \
 	fi; \
 	rm -f "$$log"; \
-	for pkg in $$missing; do command -v $$pkg >/dev/null 2>&1 || { echo "$$pkg is still missing after apt-get install" >&2; exit 1; }; done; \
+	for pkg in $$missing; do present $$pkg || { echo "$$pkg is still missing after apt-get install" >&2; exit 1; }; done; \
 	echo "installed Debian packages: $$missing ($$((SECONDS - started))s)"
 
 ## Generate the sample batch and materialize every asset for it into $(AVDAG_HOME).
@@ -70,7 +76,8 @@ demo: $(VENV)/.installed
 test: system-packages $(VENV)/.installed lint
 	$(PY) -m pytest -q -m "not slow"
 
-## The slow suites (marked `slow`): the platform through the real Dagster daemon, long benchmarks' smoke runs.
+## The slow suites (marked `slow`): the platform through the real Dagster daemon, steps on real Celery workers,
+## long benchmarks' smoke runs.
 ## CI runs them after `make test`.
 test-slow: system-packages $(VENV)/.installed
 	$(PY) -m pytest -q -m slow
@@ -145,6 +152,7 @@ problems = [f"ships tests: {n}" for n in names if n.startswith("avdag_tests/")]
 required = {f"avdag/prompts/{p.name}": p for p in sorted(Path("prompts").iterdir()) if p.is_file()}
 required["avdag/workspace.yaml"] = Path("workspace.yaml")
 required["avdag/dagster.yaml"] = Path("avdag/dagster.yaml")
+required["avdag/dagster-production.yaml"] = Path("avdag/dagster-production.yaml")
 required |= {f"avdag/demo/sample_data/real/{p.name}": p for p in sorted(Path("avdag/demo/sample_data/real").iterdir())}
 for name, source in required.items():
     if name not in names:
@@ -154,7 +162,8 @@ for name, source in required.items():
 prompts = [n for n in names if n.startswith("avdag/prompts/")]
 top = sorted({n.split("/")[0] for n in names})
 print(f"wheel-check: {Path(sys.argv[1]).name}: {len(names)} files, top level {top}; "
-      f"prompts {len(prompts)} files, sample clip folder {len(required) - len(prompts) - 2} files, workspace.yaml, dagster.yaml")
+      f"prompts {len(prompts)} files, sample clip folder {len(required) - len(prompts) - 3} files, workspace.yaml, "
+      f"dagster.yaml, dagster-production.yaml")
 if problems:
     sys.exit("wheel-check: the wheel is wrong:\n  " + "\n  ".join(problems))
 PY

@@ -12,9 +12,17 @@ from pathlib import Path
 
 from avdag.core.common.atomic import write_bytes_atomic
 from avdag.core.common.package_files import instance_config_file, workspace_file
-from avdag.settings import Settings, SettingsError, avdag_home
+from avdag.core.common.state_store import StateStore, storage_options
+from avdag.settings import Settings, SettingsError
 
 DEMO_BATCH = "sample-0001"
+
+
+def _state() -> tuple[StateStore, Path]:
+    """The state store (AVDAG_STATE_URL) and this machine's scratch for local copies, without Dagster."""
+    settings = Settings.from_env()
+    store = StateStore(settings.state_url, storage_options(settings.state_url, settings.s3_endpoint_url))
+    return store, settings.home / "scratch"
 
 
 def _prepare_environment() -> None:
@@ -108,9 +116,9 @@ def _print_report() -> None:
     from avdag.core.reporting.published import latest_report
     from avdag.core.reporting.statistics import STRICT_MEAN_LABEL
 
-    files = latest_report(avdag_home() / "reports")
-    report_path = files.json
-    report = json.loads(Path(report_path).read_text())
+    store, _ = _state()
+    files = latest_report(store)
+    report = store.read_json(files.json)
     print(f"\nJudge scores on {report['eval_clips']} eval clip(s), judge {', '.join(report['judge_ids'])}")
     if report.get("small_sample_warning"):
         print(f"WARNING: {report['small_sample_warning']}")
@@ -167,8 +175,8 @@ def _print_report() -> None:
                 f"{row['source']:<34}{row['clips']:>7}{row['hit_token_cap']:>11}{row['empty']:>7}"
                 f"{row['repetitive']:>9}{row['longer_than_label']:>12}"
             )
-    print(f"\nchart: {files.png}")
-    print(f"table: {report_path}")
+    print(f"\nchart: {store.uri(files.png)}")
+    print(f"table: {store.uri(files.json)}")
     print('search the clips: .venv/bin/avdag search weather="Light rain" night   (more in the README)')
 
 
@@ -201,12 +209,11 @@ def demo(n_synthetic: int) -> int:
 
 def search(query: list[str], limit: int, where: str | None) -> int:
     """Query the clip catalog with avdag's filter language (see `avdag search --help`)."""
-    from avdag.core.reporting.catalog import CatalogQueryError
+    from avdag.core.reporting.catalog import CatalogQueryError, fetch_catalog
     from avdag.core.reporting.catalog import search as run_search
-    from avdag.defs.reporting.clip_catalog import CATALOG_FILE
 
     try:
-        rows = run_search(avdag_home() / CATALOG_FILE, " ".join(query), limit=limit, where_sql=where)
+        rows = run_search(fetch_catalog(*_state()), " ".join(query), limit=limit, where_sql=where)
     except (CatalogQueryError, FileNotFoundError) as exc:
         print(f"avdag search: {exc}", file=sys.stderr)
         return 2
@@ -234,7 +241,7 @@ def lineage(clip_id: str, question: str, source: str, as_json: bool, batch: str 
     from avdag.core.reporting.lineage import LineageError, format_lineage, score_lineage
 
     try:
-        chain = score_lineage(avdag_home(), clip_id, question, source, batch)
+        chain = score_lineage(*_state(), clip_id, question, source, batch)
     except LineageError as error:
         print(f"avdag lineage: {error}", file=sys.stderr)
         return 2

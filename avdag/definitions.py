@@ -2,8 +2,8 @@
 
 `Settings.from_env()` reads the environment once; the resources are chosen from it here (an
 OpenAI key switches the judge, `AVDAG_VLM_BASE_URLS` captioning through servers, `AVDAG_TRAINER`
-the trainer, ...). Assets never branch on that; prompts, models and judge settings become the
-model-driven assets' code versions.
+the trainer, `AVDAG_EXECUTOR` where the steps run, ...). Assets never branch on that; prompts, models
+and judge settings become the model-driven assets' code versions.
 """
 
 import dagster as dg
@@ -17,6 +17,7 @@ from avdag.defs.judging import judge_calibration, judge_scores
 from avdag.defs.judging.batch_api_sensor import batch_api_judge_sensor
 from avdag.defs.judging.judge_calibration import judge_separates_answers
 from avdag.defs.pipeline.code_versions import code_versions, with_code_versions
+from avdag.defs.pipeline.executors import executor_for
 from avdag.defs.pipeline.jobs import JOBS
 from avdag.defs.pipeline.schedules import nightly_reprocess
 from avdag.defs.reporting import clip_catalog, score_comparison
@@ -31,7 +32,7 @@ from avdag.resources.io_managers import JsonIOManager, ParquetIOManager
 from avdag.resources.judge import OfflineJudgeResource, OpenAIJudgeResource
 from avdag.resources.registry import ClipRegistryResource
 from avdag.resources.remote_captioner import OpenAIVlmCaptionerResource
-from avdag.resources.storage import ArtifactStoreResource, LandingZoneResource
+from avdag.resources.storage import LandingZoneResource, StateStoreResource
 from avdag.resources.trainer import EmbeddedTrainerResource
 from avdag.resources.training_trigger import TrainingTriggerResource
 from avdag.settings import Settings
@@ -45,6 +46,7 @@ def _judge(settings: Settings):
         model=settings.judge_model,
         base_url=settings.openai_base_url,
         use_batch_api=settings.judge_batch_api,
+        db_url=settings.db_url,
         requests_per_minute=settings.judge_requests_per_minute,
         tokens_per_minute=settings.judge_tokens_per_minute,
         **({"repeats": settings.judge_repeats} if settings.judge_repeats is not None else {}),
@@ -79,18 +81,19 @@ def _trainer(settings: Settings):
 def build_resources(settings: Settings | None = None) -> dict:
     """Every resource, chosen from the settings (read from the environment when not given)."""
     settings = settings or Settings.from_env()
+    assets = f"{settings.state_url}/assets"  # asset values live in the state store with everything else
     return {
         "landing_zone": LandingZoneResource(url=settings.landing_url, s3_endpoint_url=settings.s3_endpoint_url),
-        "artifacts": ArtifactStoreResource(),
-        "clip_registry": ClipRegistryResource(),
+        "state": StateStoreResource(url=settings.state_url, s3_endpoint_url=settings.s3_endpoint_url),
+        "clip_registry": ClipRegistryResource(db_url=settings.db_url),
         "captioner": _captioner(settings),
         "trainer": _trainer(settings),
         "judge": _judge(settings),
         "training_trigger": TrainingTriggerResource(min_new_train_clips=settings.train_after_new_clips)
         if settings.train_after_new_clips is not None
         else TrainingTriggerResource(),
-        "parquet_io": ParquetIOManager(),
-        "json_io": JsonIOManager(),
+        "parquet_io": ParquetIOManager(base_dir=assets, s3_endpoint_url=settings.s3_endpoint_url),
+        "json_io": JsonIOManager(base_dir=assets, s3_endpoint_url=settings.s3_endpoint_url),
     }
 
 
@@ -103,7 +106,8 @@ ASSET_CHECKS = [
     candidate_not_worse,
 ]
 
-_resources = build_resources()
+_settings = Settings.from_env()
+_resources = build_resources(_settings)
 defs = dg.Definitions(
     assets=with_code_versions(
         dg.load_assets_from_modules(
@@ -126,4 +130,5 @@ defs = dg.Definitions(
     sensors=[landing_zone_sensor, training_sensor, promotion_sensor, reports_sensor, batch_api_judge_sensor],
     schedules=[nightly_reprocess],
     resources=_resources,
+    executor=executor_for(_settings),  # fails fast when AVDAG_EXECUTOR cannot work here
 )

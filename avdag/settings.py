@@ -23,9 +23,11 @@ DEFAULT_JUDGE_MODEL = "gpt-5"
 DEFAULT_DEMO_CLIPS = 100
 DEFAULT_MAX_NEW_TOKENS = 1024
 DEFAULT_COSMOS_RL_LAUNCHER = "cosmos-rl"
+DEFAULT_CELERY_QUEUE = "dagster"  # dagster-celery's own default: a worker started without -q serves it
 EMBEDDED_MODEL = "embedded:tiny-qwen2.5-vl"
 
 TrainerKind = Literal["embedded", "cosmos-rl"]
+ExecutorKind = Literal["in_process", "celery", "k8s"]
 _RENAMED = {"AVDAG_CAPTION_BATCH": "AVDAG_CLIPS_PER_GENERATE"}
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
@@ -64,6 +66,10 @@ class Settings:
     judge_tokens_per_minute: int | None
     judge_repeats: int | None
     demo_clips: int
+    executor: ExecutorKind
+    celery_broker_url: str | None
+    celery_backend_url: str | None
+    celery_queue: str
 
     @property
     def dagster_home(self) -> Path:
@@ -103,6 +109,10 @@ class Settings:
             judge_tokens_per_minute=env.positive_int("AVDAG_JUDGE_TOKENS_PER_MINUTE"),
             judge_repeats=env.positive_int("AVDAG_JUDGE_REPEATS"),
             demo_clips=_default(env.positive_int("AVDAG_DEMO_CLIPS", allow_zero=True), DEFAULT_DEMO_CLIPS),
+            executor=env.choice("AVDAG_EXECUTOR", ExecutorKind, default="in_process"),
+            celery_broker_url=env.text("AVDAG_CELERY_BROKER_URL"),
+            celery_backend_url=env.text("AVDAG_CELERY_BACKEND_URL"),
+            celery_queue=env.text("AVDAG_CELERY_QUEUE") or DEFAULT_CELERY_QUEUE,
         )
 
 
@@ -128,10 +138,15 @@ def _state_url(value: str | None, home: Path) -> str:
     return str(Path(value.removeprefix("file://")).expanduser().resolve())
 
 
+def default_db_url(home: Path | None = None) -> str:
+    """The database when `AVDAG_DB_URL` is not set: `$AVDAG_HOME/avdag.sqlite`, for one machine."""
+    return f"sqlite:///{(home or avdag_home()) / 'avdag.sqlite'}"
+
+
 def _db_url(value: str | None, home: Path) -> str:
     """The clip registry, judge verdict cache and judge-batch ledger: SQLite under `$AVDAG_HOME` by default."""
     if value is None:
-        return f"sqlite:///{home / 'avdag.sqlite'}"
+        return default_db_url(home)
     if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
         raise SettingsError(f"AVDAG_DB_URL={value!r}: expected sqlite:///path/to/file.sqlite or postgresql://...")
     return value

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import dagster as dg
 from pydantic import Field
 
 from avdag.core.captioning.engine import VlmCaptioner
 from avdag.core.captioning.model import GenerationSettings
 from avdag.core.captioning.prompts import load_prompt_set
-from avdag.core.common.locks import build_once
 from avdag.demo.tiny_model import build_embedded_model
-from avdag.settings import EMBEDDED_MODEL, avdag_home
+from avdag.resources.storage import StateStoreResource
+from avdag.settings import EMBEDDED_MODEL
 
 COSMOS_REASON1 = "nvidia/Cosmos-Reason1-7B"
+EMBEDDED_MODEL_KEY = "models/tiny-qwen2.5-vl"  # where the embedded model is published in the state store
 
 
 class CaptionerResource(dg.ConfigurableResource):
@@ -49,18 +52,20 @@ class CaptionerResource(dg.ConfigurableResource):
             repetition_penalty=self.repetition_penalty,
         )
 
-    def base_model_path(self) -> str:
-        """The base model as `from_pretrained` takes it, building the embedded one on first use."""
+    def base_model(self, state: StateStoreResource) -> str:
+        """The base model as captions and checkpoints name it: the configured hub id or folder, or the
+        embedded model's folder in the state store, built once and published there on first use."""
         if self.model != EMBEDDED_MODEL:
             return self.model
-        target = avdag_home() / "models" / "tiny-qwen2.5-vl"
-        prompts = self.prompts()
-        build_once(target, lambda staging: build_embedded_model(staging, prompts), on_reuse=lambda path: path)
-        return str(target)
+        store = state.store()
+        store.publish_folder(EMBEDDED_MODEL_KEY, partial(build_embedded_model, prompts=self.prompts()), state.scratch())
+        return store.uri(EMBEDDED_MODEL_KEY)
 
-    def captioner(self, model_path: str) -> VlmCaptioner:
+    def captioner(self, model: str, state: StateStoreResource) -> VlmCaptioner:
+        """The engine for `model` (a state-store folder is fetched into scratch first); its captions name `model`."""
         return VlmCaptioner(
-            model_path,
+            state.local_model(model),
+            recorded_as=model,
             device=self.device,
             devices=self.devices or None,
             settings=self.settings(),

@@ -15,7 +15,8 @@ from avdag.core.judging.batch_api_ledger import BatchApiLedger
 from avdag.core.judging.judges import DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_WAIT_S, OpenAIChatJudge
 from avdag.core.judging.offline_judge import OfflineEmbeddingJudge
 from avdag.core.judging.verdict_cache import JudgeCache
-from avdag.settings import avdag_home
+from avdag.resources.legacy_state import import_legacy
+from avdag.settings import avdag_home, default_db_url
 
 
 class JudgeResource(dg.ConfigurableResource):
@@ -78,15 +79,16 @@ class OpenAIJudgeResource(JudgeResource):
         description="Asks per item; the row's score is the median, with the repeats' spread. Live judge only: "
         "the Batch API judge asks once.",
     )
-    cache_path: str | None = Field(
-        default=None, description="SQLite verdict cache; default $AVDAG_HOME/cache/judge.sqlite."
+    db_url: str | None = Field(
+        default=None,
+        description="Where the verdict cache and the Batch API ledger live: sqlite:///... or postgresql://... "
+        "(AVDAG_DB_URL); default $AVDAG_HOME/avdag.sqlite.",
     )
     use_batch_api: bool = Field(
         default=False,
         description="Score through the OpenAI Batch API (half the price): a run submits and ends, and the "
         "batch_api_judge_sensor requests the scoring run again when the batch has ended.",
     )
-    batch_dir: str | None = Field(default=None, description="Submission records; default $AVDAG_HOME/judge_batches.")
 
     def build(self, prompts: PromptSet) -> OpenAIChatJudge:
         return OpenAIChatJudge(
@@ -120,7 +122,9 @@ class OpenAIJudgeResource(JudgeResource):
 
     def cache(self) -> JudgeCache:
         """One store for baseline and fine-tuned scoring, so an unchanged answer is judged once."""
-        return JudgeCache(self.cache_path or avdag_home() / "cache" / "judge.sqlite")
+        cache = JudgeCache(self.db_url or default_db_url())
+        import_legacy(cache.import_legacy, avdag_home() / "cache" / "judge.sqlite", "judge verdicts", cache.db)
+        return cache
 
     def batch_tracker(self) -> BatchApiTracker | None:
         if not self.use_batch_api:
@@ -131,7 +135,9 @@ class OpenAIJudgeResource(JudgeResource):
         return BatchApiTracker(client, self._ledger())
 
     def _ledger(self) -> BatchApiLedger:
-        return BatchApiLedger(self.batch_dir or avdag_home() / "judge_batches")
+        ledger = BatchApiLedger(self.db_url or default_db_url())
+        import_legacy(ledger.import_legacy, avdag_home() / "judge_batches", "judge batch records", ledger.db)
+        return ledger
 
 
 class OfflineJudgeResource(JudgeResource):

@@ -14,6 +14,7 @@ from pydantic import Field
 from avdag.core.captioning.remote import OpenAIVlmCaptioner
 from avdag.core.common.model_identity import model_fingerprint
 from avdag.resources.captioner import CaptionerResource
+from avdag.resources.storage import StateStoreResource
 
 
 class OpenAIVlmCaptionerResource(CaptionerResource):
@@ -36,14 +37,15 @@ class OpenAIVlmCaptionerResource(CaptionerResource):
         default="frames", description="'frames' (any server) or 'video' (vLLM; as the recipe)."
     )
 
-    def captioner(self, model_path: str):
-        if model_path == self.base_model_path():
+    def captioner(self, model: str, state: StateStoreResource):
+        if model == self.base_model(state):
             return self._remote(self.base_urls, self.served_model or self.model, self.model_revision)
         if self.finetuned_base_urls:
             if not self.finetuned_served_model:
                 raise ValueError("finetuned_base_urls is set but finetuned_served_model is not")
-            return self._remote(self.finetuned_base_urls, self.finetuned_served_model, model_fingerprint(model_path))
-        return super().captioner(model_path)
+            revision = model_fingerprint(state.local_model(model))
+            return self._remote(self.finetuned_base_urls, self.finetuned_served_model, revision)
+        return super().captioner(model, state)
 
     def _remote(self, base_urls: list[str], served: str, revision: str) -> OpenAIVlmCaptioner:
         return OpenAIVlmCaptioner(

@@ -1,4 +1,4 @@
-"""Where footage lands and where avdag keeps what it makes."""
+"""Where footage lands (the landing zone) and where avdag keeps what it makes (the state store)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from avdag.core.common.state_store import StateStore, fetch_verified, storage_options
 from avdag.core.ingest.landing import LandingZone
 from avdag.settings import avdag_home
 
@@ -29,13 +30,35 @@ class LandingZoneResource(dg.ConfigurableResource):
         return LandingZone(url, options)
 
 
-class ArtifactStoreResource(dg.ConfigurableResource):
-    """avdag's own folder ($AVDAG_HOME): model builds, caption caches, checkpoints, reports."""
+class StateStoreResource(dg.ConfigurableResource):
+    """Where everything that outlives a step lives (AVDAG_STATE_URL), and this node's scratch for local copies.
 
-    root: str | None = Field(default=None, description="Default $AVDAG_HOME (or .avdag).")
+    Asset values, the caption cache, checkpoints, the tiny model, reports and the catalog are
+    stored under `url`; a step that needs one of them (or a clip's video) on local disk fetches it
+    into `scratch` and passes on the stored URL, never the local path, so the next step may run
+    on another node.
+    """
 
-    def path(self, *parts: str) -> Path:
-        base = Path(self.root).resolve() if self.root else avdag_home()
-        target = base.joinpath(*parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return target
+    url: str | None = Field(default=None, description="Local folder or s3://bucket/prefix; default $AVDAG_HOME.")
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, moto, ...) of the store and of s3:// clip sources."
+    )
+    scratch_dir: str | None = Field(default=None, description="Node-local copies; default $AVDAG_HOME/scratch.")
+
+    def store(self) -> StateStore:
+        url = self.url or str(avdag_home())
+        return StateStore(url, storage_options(url, self.s3_endpoint_url))
+
+    def scratch(self) -> Path:
+        return Path(self.scratch_dir).resolve() if self.scratch_dir else avdag_home() / "scratch"
+
+    def local_model(self, model: str) -> str:
+        """A folder `from_pretrained` loads for `model`: a folder of an object store is fetched into
+        scratch; a hub id or a local folder (a local store's included) is used as it is."""
+        store = self.store()
+        key = store.key_of(model)
+        return model if key is None or store.is_local else str(store.fetch_folder(key, self.scratch()))
+
+    def video(self, source_url: str, sha256: str) -> Path:
+        """A clip's video on this node, fetched by its source URL and checked against its registered sha256."""
+        return fetch_verified(source_url, sha256, self.scratch(), storage_options(source_url, self.s3_endpoint_url))

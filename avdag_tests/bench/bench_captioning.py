@@ -217,8 +217,9 @@ def fine_tuned_model(work: Path, clips: Sequence[Clip], prompts, sizes: Sizes, l
     """The tiny model fine-tuned on the clips' labels, cached in the work dir by its run fingerprint."""
     from avdag.core.training.embedded_loop import SftSettings, run_fingerprint, train_sft
     from avdag.resources.captioner import CaptionerResource
+    from avdag.resources.storage import StateStoreResource
 
-    base = CaptionerResource().base_model_path()
+    base = CaptionerResource().base_model(StateStoreResource())
     examples = training_examples(clips, prompts)
     settings = SftSettings(
         steps=sizes.train_steps,

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import openai
 
+from avdag.core.common.database import sqlite_url
 from avdag.core.judging.items import JudgeItem, format_judge_prompt, parse_judge_score
 from avdag.core.judging.judges import DEFAULT_MAX_IN_FLIGHT, OpenAIChatJudge
 from avdag.core.judging.score_captions import judge_items, spend_of
@@ -148,7 +149,7 @@ def bench_rate_limited(sizes: Sizes, work: Path) -> dict:
         for n in range(sizes.limited_items)
     ]
     with OpenAIStubServer(lambda request: _reply(request, sizes.latency_s), rate_limit_rpm=sizes.limited_rpm) as server:
-        cache = JudgeCache(work / "limited" / "judge.sqlite")
+        cache = JudgeCache(sqlite_url(work / "limited" / "judge.sqlite"))
         row = bench_avdag(server, items, cache, DEFAULT_MAX_IN_FLIGHT, "avdag_rate_limited")
         wasted = server.rate_limited_responses
     useful_per_s = (row["server_requests"] - wasted) / row["seconds"]
@@ -166,10 +167,10 @@ def run(sizes: Sizes, work: Path) -> dict:
     items = synthetic_items(sizes.clips)
     with OpenAIStubServer(lambda request: _reply(request, sizes.latency_s)) as server:
         recipe = bench_recipe(server, items[: sizes.recipe_calls])
-        default_cache = JudgeCache(work / "default" / "judge.sqlite")
+        default_cache = JudgeCache(sqlite_url(work / "default" / "judge.sqlite"))
         default = bench_avdag(server, items, default_cache, DEFAULT_MAX_IN_FLIGHT, "avdag_default")
         narrow = bench_avdag(
-            server, items, JudgeCache(work / "narrow" / "judge.sqlite"), NARROW_IN_FLIGHT, "avdag_narrow"
+            server, items, JudgeCache(sqlite_url(work / "narrow" / "judge.sqlite")), NARROW_IN_FLIGHT, "avdag_narrow"
         )
         rerun = bench_avdag(server, items, default_cache, DEFAULT_MAX_IN_FLIGHT, "avdag_rerun")
         peak = server.max_concurrent_requests

@@ -74,8 +74,9 @@ def build_model(model_home: Path) -> Path:
     os.environ["AVDAG_HOME"] = str(model_home)
     try:
         from avdag.resources.captioner import CaptionerResource
+        from avdag.resources.storage import StateStoreResource
 
-        return Path(CaptionerResource().base_model_path())
+        return Path(CaptionerResource().base_model(StateStoreResource()))
     finally:
         if previous is None:
             os.environ.pop("AVDAG_HOME")

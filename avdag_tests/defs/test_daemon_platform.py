@@ -29,11 +29,12 @@ import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 import pytest
 
+from avdag.core.common.state_store import StateStore
 from avdag.core.ingest.splits import split_for
 from avdag.core.reporting.published import latest_report
 from avdag.defs.training.sft_checkpoint import manifest_hash
@@ -365,9 +366,10 @@ def test_the_duplicate_is_one_clip(platform_run):
     assert set(duplicates["batch"]) == {other_batch}
     video_row = duplicates[duplicates["file"].str.endswith(VIDEO_SUFFIX)].iloc[0]
     assert f"same content as clip {kept['clip_id']} of batch {kept['batch']}" in video_row["reason"]
-    with sqlite3.connect(platform_run.home / "registry.sqlite") as db:
-        sources = db.execute("SELECT batch, clip_id FROM sources WHERE sha256 = ?", (kept["sha256"],)).fetchall()
-        owners = db.execute("SELECT batch, clip_id FROM clips WHERE sha256 = ?", (kept["sha256"],)).fetchall()
+    with sqlite3.connect(platform_run.home / "avdag.sqlite") as db:  # the default AVDAG_DB_URL
+        query = "SELECT batch, clip_id FROM {} WHERE sha256 = ?"
+        sources = db.execute(query.format("avdag_clip_sources"), (kept["sha256"],)).fetchall()
+        owners = db.execute(query.format("avdag_clips"), (kept["sha256"],)).fetchall()
     assert sorted(sources) == sorted([(src_batch, src_id), (dup_batch, dup_id)])
     assert owners == [(kept["batch"], kept["clip_id"])]
     assert (
@@ -387,10 +389,11 @@ def _latest_by_partition(materializations: list[Materialized]) -> dict[str, Mate
 
 
 def test_the_published_report_is_one_run_and_the_checkpoint_in_service(platform_run):
-    files = latest_report(platform_run.home / "reports")
-    assert Path(files.json).parent == Path(files.png).parent == Path(files.folder)
-    assert Path(files.png).read_bytes().startswith(b"\x89PNG")
-    report = json.loads(Path(files.json).read_text())
+    store = StateStore(str(platform_run.home))
+    files = latest_report(store)
+    assert PurePosixPath(files.json).parent == PurePosixPath(files.png).parent == PurePosixPath(files.folder)
+    assert store.read_bytes(files.png).startswith(b"\x89PNG")
+    report = store.read_json(files.json)
     made_by = platform_run.run(report["made_by_run"])
     assert made_by.job == "reporting_pipeline" and made_by.status == "SUCCESS"
     service = _in_service(platform_run)

@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 from safetensors import safe_open
 
+from avdag.core.common.database import sqlite_url
+from avdag.core.common.state_store import StateStore
 from avdag.core.ingest.splits import split_for
 from avdag.definitions import defs
 from avdag.defs.pipeline.partitions import clip_batches
@@ -20,7 +22,7 @@ BATCH = "batch-e2e"
 
 
 def _resources(landing, **overrides):
-    registry = ClipRegistryResource(path=str(landing / "_registry.sqlite"))  # this module's own dedup state
+    registry = ClipRegistryResource(db_url=sqlite_url(landing / "_registry.sqlite"))  # this module's own dedup state
     return small_resources(str(landing), clip_registry=registry, **overrides)
 
 
@@ -193,7 +195,8 @@ def test_lineage_traces_a_score_back_to_its_upload_caption_and_checkpoint(pipeli
     result, _, ids = pipeline_run
     scores = result.output_for_node("finetuned_judge_scores")
     row = scores[scores["field"] == "lighting"].iloc[0]
-    lineage = score_lineage(avdag_home, row["clip_id"], "lighting", "finetuned")
+    store, scratch = StateStore(str(avdag_home)), avdag_home / "scratch"
+    lineage = score_lineage(store, scratch, row["clip_id"], "lighting", "finetuned")
     upload, caption, checkpoint, score = (lineage.sections[k] for k in ("upload", "caption", "checkpoint", "score"))
     assert upload["sha256"] == row["clip_sha256"] and upload["batch"] == BATCH
     assert lineage.sections["split"]["split"] == "eval"
@@ -205,16 +208,16 @@ def test_lineage_traces_a_score_back_to_its_upload_caption_and_checkpoint(pipeli
     assert score["score_run_id"] == result.run_id
     assert lineage.mismatched == [], {name: section["check"] for name, section in lineage.sections.items()}
     assert "question lighting" in format_lineage(lineage)
-    baseline = score_lineage(avdag_home, row["clip_id"], "lighting", "baseline")
+    baseline = score_lineage(store, scratch, row["clip_id"], "lighting", "baseline")
     assert (
         baseline.mismatched == []
         and baseline.sections["model"]["model_hash"] == baseline.sections["caption"]["model_hash"]
     )
     with pytest.raises(LineageError, match="fields: weather, lighting"):
-        score_lineage(avdag_home, row["clip_id"], "no such question", "finetuned")
+        score_lineage(store, scratch, row["clip_id"], "no such question", "finetuned")
     train_clip = next(c for c in ids if split_for(c, EVAL_FRACTION) == "train")
     with pytest.raises(LineageError, match="not an eval clip"):
-        score_lineage(avdag_home, train_clip, "weather", "baseline")
+        score_lineage(store, scratch, train_clip, "weather", "baseline")
 
 
 def test_cli_lineage_prints_the_chain_and_names_what_is_missing(pipeline_run, capsys):
@@ -230,17 +233,16 @@ def test_cli_lineage_prints_the_chain_and_names_what_is_missing(pipeline_run, ca
 
 
 def test_comparison_report_written_as_png_and_json(pipeline_run, avdag_home):
-    from pathlib import Path
-
     from avdag.core.reporting.published import latest_report
 
     result, _, _ = pipeline_run
     report = result.output_for_node("score_comparison")
-    files = latest_report(avdag_home / "reports")
-    assert Path(files.json).parent == Path(files.png).parent  # published together
-    png = Path(files.png).read_bytes()
+    store = StateStore(str(avdag_home))
+    files = latest_report(store)
+    assert files.json.rsplit("/", 1)[0] == files.png.rsplit("/", 1)[0] == files.folder  # published together
+    png = store.read_bytes(files.png)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    on_disk = json.loads(Path(files.json).read_text())
+    on_disk = store.read_json(files.json)
     assert on_disk["made_by_run"] == result.run_id and on_disk["batches_left_out"] == []
     assert on_disk["weights_hash"] == result.output_for_node("checkpoint_in_service")["weights_hash"]
     assert on_disk["questions"] == 15 == len(report["table"])
@@ -274,10 +276,10 @@ def test_rerun_reuses_captions_and_checkpoint(pipeline_run, landing):
 
 
 def test_catalog_answers_searches_over_the_batch(pipeline_run, avdag_home):
-    from avdag.core.reporting.catalog import search
+    from avdag.core.reporting.catalog import CATALOG, search
 
     result, _, ids = pipeline_run
-    db = avdag_home / "catalog.duckdb"
+    db = avdag_home / CATALOG  # the local state store's own file
     everything = search(db, "", limit=None)
     assert set(everything["clip_id"]) == set(ids) | {"badlabel"}
     labels = {
@@ -365,7 +367,7 @@ def test_lineage_after_a_retrain_and_a_recaption_names_what_the_score_was_made_f
         == (retrained["checkpoint_id"])
     )
 
-    lineage = score_lineage(avdag_home, row["clip_id"], "weather")
+    lineage = score_lineage(StateStore(str(avdag_home)), avdag_home / "scratch", row["clip_id"], "weather")
     checkpoint, caption = lineage.sections["checkpoint"], lineage.sections["caption"]
     assert checkpoint["checkpoint_id"] == first["checkpoint_id"] != retrained["checkpoint_id"]
     assert checkpoint["weights_hash"] == row["model_hash"] == first["weights_hash"]

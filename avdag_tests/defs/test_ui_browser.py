@@ -23,6 +23,7 @@ CHROMIUM = shutil.which("chromium")
 
 import dagster as dg  # noqa: E402
 
+from avdag.core.common.database import sqlite_url  # noqa: E402
 from avdag.defs.pipeline.partitions import clip_batches  # noqa: E402
 from avdag.demo.sample_batch import write_sample_batch  # noqa: E402
 from avdag.resources.registry import ClipRegistryResource  # noqa: E402
@@ -72,7 +73,7 @@ def demo_home(tmp_path_factory, tiny_model_path):
         with dg.DagsterInstance.get() as instance:  # persistent, in DAGSTER_HOME: the webserver reads it
             instance.add_dynamic_partitions(clip_batches.name, [BATCH])
             resources = small_resources(
-                str(landing), clip_registry=ClipRegistryResource(path=str(landing / "_registry.sqlite"))
+                str(landing), clip_registry=ClipRegistryResource(db_url=sqlite_url(landing / "_registry.sqlite"))
             )
             dg.materialize(
                 ALL_ASSETS,

@@ -1,8 +1,9 @@
 """Shared set-up for tests that materialize the whole asset graph on a small batch."""
 
+from avdag.core.common.state_store import StateStore, storage_options
 from avdag.definitions import ASSET_CHECKS, build_resources, defs
-from avdag.resources.captioner import CaptionerResource
-from avdag.resources.storage import LandingZoneResource
+from avdag.resources.captioner import EMBEDDED_MODEL_KEY, CaptionerResource
+from avdag.resources.storage import LandingZoneResource, StateStoreResource
 from avdag.resources.trainer import EmbeddedTrainerResource
 
 EVAL_FRACTION = 0.5
@@ -19,6 +20,12 @@ def small_resources(landing_url: str, s3_endpoint_url: str | None = None, **over
     )
     resources.update(overrides)
     return resources
+
+
+def state_with_tiny_model(url: str, tiny_model_path: str, s3_endpoint_url: str | None = None) -> StateStoreResource:
+    """A state store of the test's own, holding the session's tiny model as `avdag demo` publishes it (not rebuilt)."""
+    StateStore(url, storage_options(url, s3_endpoint_url)).put_folder(tiny_model_path, EMBEDDED_MODEL_KEY)
+    return StateStoreResource(url=url, s3_endpoint_url=s3_endpoint_url)
 
 
 def small_run_config() -> dict:

@@ -2,12 +2,15 @@
 
 A caption's identity is (clip content hash, model hash, prompt hash, generation settings): the
 same identity is never computed twice, so a killed run resumes where it stopped and a re-run
-costs nothing. Each result is written atomically, so there are no torn files.
+costs nothing. Each result is written atomically, so there are no torn files. The cache lives in
+the state store (`CAPTION_CACHE`), so a run on another node reuses it too, and a video is fetched
+onto the node only for a clip the cache lacks.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -18,8 +21,10 @@ import pandas as pd
 
 from avdag.core.captioning.answers import parse_answer
 from avdag.core.captioning.model import CaptionOutput, CaptionSource, GenerationSettings
-from avdag.core.common.atomic import write_json_atomic
 from avdag.core.common.labels import FIELDS
+from avdag.core.common.state_store import StateStore
+
+CAPTION_CACHE = "cache/captions"  # state-store prefix of the cached results, one <caption key>.json each
 
 CAPTION_COLUMNS = (
     "clip_id",
@@ -65,6 +70,7 @@ class Captioner(Protocol):
 
 
 Log = Callable[[str], None]
+VideoFetch = Callable[[str, str], str | Path]  # (source URL, sha256) -> a local file with the clip's bytes
 
 
 def caption_key(clip_sha256: str, model_hash: str, prompt_hash: str, settings: GenerationSettings) -> str:
@@ -72,16 +78,25 @@ def caption_key(clip_sha256: str, model_hash: str, prompt_hash: str, settings: G
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
+def cache_entry(key: str) -> str:
+    """The state-store key of one cached caption."""
+    return f"{CAPTION_CACHE}/{key}.json"
+
+
 def caption_clips(
     captioner: Captioner,
     clips: pd.DataFrame,
     prompts,
-    cache_dir: Path,
+    store: StateStore,
     caption_source: CaptionSource,
+    *,
+    video: VideoFetch,
     log: Log = print,
     run_id: str | None = None,
 ) -> pd.DataFrame:
-    """One row per clip (CAPTION_COLUMNS); computes only what the cache lacks.
+    """One row per clip (CAPTION_COLUMNS); computes only what the cache in `store` lacks.
+
+    `video(source_url, sha256)` puts a clip's video on this node; it is called for uncached clips only.
 
     `run_id` (the Dagster run) is stored with each newly computed answer, so a cached caption
     still names the run that produced it.
@@ -90,18 +105,25 @@ def caption_clips(
     batch in flight. A clip that fails gets a row with its error and is retried on the next run.
     """
     keys = [caption_key(sha, captioner.model_hash, prompts.caption_hash, captioner.settings) for sha in clips["sha256"]]
+    stored = store.read_many(cache_entry(key) for key in set(keys))
     records: dict[int, dict[str, Any]] = {}
     for i, key in enumerate(keys):
-        cached = _read_cached(cache_dir / f"{key}.json")
+        cached = _parse_cached(stored.get(cache_entry(key)))
         if cached is not None:
             records[i] = {**cached, "cached": True}
     todo = [i for i in range(len(keys)) if i not in records]
     if todo:
         log(f"[{caption_source}] {len(records)}/{len(keys)} clips cached; captioning {len(todo)}")
     progress = _Progress(caption_source, len(todo), log)
-    paths = [str(clips["local_path"].iloc[i]) for i in todo]
-    for position, out in captioner.caption_stream(paths, prompts.system_prompt, prompts.user_prompt):
-        i = todo[position]
+    fetched, paths, unfetched = [], [], []
+    for i in todo:
+        try:
+            paths.append(str(video(clips["source_url"].iloc[i], clips["sha256"].iloc[i])))
+            fetched.append(i)
+        except (OSError, ValueError) as error:  # a video that cannot be fetched (or differs) fails its clip alone
+            unfetched.append((i, CaptionOutput("", 0, 0, 0, 0.0, error=f"video not fetched: {error}")))
+    streamed = captioner.caption_stream(paths, prompts.system_prompt, prompts.user_prompt)
+    for i, out in itertools.chain(unfetched, ((fetched[position], out) for position, out in streamed)):
         record = {
             "raw_text": out.raw_text,
             "prompt_tokens": out.prompt_tokens,
@@ -112,7 +134,7 @@ def caption_clips(
             "run_id": run_id,
         }
         if out.error is None:
-            write_json_atomic(cache_dir / f"{keys[i]}.json", record)
+            store.write_json(cache_entry(keys[i]), record)
         records[i] = {**record, "cached": False, "error": out.error}
         progress.done(record["clip_id"], out)
     rows = [
@@ -141,10 +163,10 @@ class _Progress:
         )
 
 
-def _read_cached(path: Path) -> dict[str, Any] | None:
+def _parse_cached(data: bytes | None) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return json.loads(data.decode("utf-8")) if data is not None else None
+    except ValueError:
         return None
 
 

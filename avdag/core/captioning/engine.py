@@ -54,19 +54,22 @@ class VlmCaptioner:
 
     `clips_per_generate` clips share one `generate` (default: `default_clips_per_generate` of the device);
     `devices` lists where model copies run (e.g. ["cuda:0", "cuda:1"]); "auto" means one copy on
-    cuda:0 if present, else the CPU.
+    cuda:0 if present, else the CPU. `recorded_as` is what captions name as their model when
+    `model_path` is a node-local copy (the state-store URL of a fetched checkpoint).
     """
 
     def __init__(
         self,
         model_path: str,
         *,
+        recorded_as: str | None = None,
         device: str = "auto",
         settings: GenerationSettings = GenerationSettings(),
         clips_per_generate: int | None = None,
         devices: Sequence[str] | None = None,
     ):
-        self.model_path = str(model_path)
+        self.model_path = recorded_as or str(model_path)
+        self.local_path = str(model_path)
         self.settings = settings
         self.devices = [resolve_device(d) for d in (devices or [device])]
         self.clips_per_generate = clips_per_generate or default_clips_per_generate(self.devices[0])
@@ -77,7 +80,7 @@ class VlmCaptioner:
 
     @cached_property
     def model_hash(self) -> str:
-        return model_fingerprint(self.model_path)
+        return model_fingerprint(self.local_path)
 
     def caption(self, video_path: str | Path, system_prompt: str, user_prompt: str) -> CaptionOutput:
         """One clip; raises if it could not be captioned (batch callers use `caption_stream`)."""
@@ -148,7 +151,7 @@ class VlmCaptioner:
     def _model(self, slot: int):
         with self._load_lock:
             if slot not in self._models:
-                model, processor = load_model_and_processor(self.model_path, self.devices[slot])
+                model, processor = load_model_and_processor(self.local_path, self.devices[slot])
                 processor.tokenizer.padding_side = "left"  # generation continues every row from its last prompt token
                 self._models[slot] = (model.eval(), processor)
             return self._models[slot]

@@ -2,8 +2,10 @@
 
 The same video (same sha256) uploaded twice — under another name, or in another batch — is one
 clip: the first registration wins and every later upload is recorded as another source. A clip
-id reused for different content is a conflict, not a silent overwrite. SQLite keeps this
-consistent when several batch runs register at once.
+id reused for different content is a conflict, not a silent overwrite. The registry lives in the
+shared database (`AVDAG_DB_URL`), so batch runs registering at once, on one node or several, agree
+on one winner: the sha256 and the clip id are unique keys, claimed with `INSERT ... ON CONFLICT DO
+NOTHING` and re-read when another run got there first.
 """
 
 from __future__ import annotations
@@ -13,16 +15,28 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS clips (
-    sha256 TEXT PRIMARY KEY, clip_id TEXT NOT NULL, batch TEXT NOT NULL, source_url TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS clips_by_id ON clips (clip_id);
-CREATE TABLE IF NOT EXISTS sources (
-    sha256 TEXT NOT NULL, batch TEXT NOT NULL, clip_id TEXT NOT NULL, source_url TEXT NOT NULL,
-    PRIMARY KEY (batch, source_url)
-);
-"""
+from sqlalchemy import Column, Connection, MetaData, Table, Text, delete, select
+
+from avdag.core.common.database import Database
+
+_METADATA = MetaData()
+_CLIPS = Table(
+    "avdag_clips",
+    _METADATA,
+    Column("sha256", Text, primary_key=True),
+    Column("clip_id", Text, nullable=False, unique=True),
+    Column("batch", Text, nullable=False),
+    Column("source_url", Text, nullable=False),
+)
+_SOURCES = Table(
+    "avdag_clip_sources",
+    _METADATA,
+    Column("sha256", Text, nullable=False, index=True),
+    Column("batch", Text, primary_key=True),
+    Column("source_url", Text, primary_key=True),
+    Column("clip_id", Text, nullable=False),
+)
+_MAX_RACES = 5  # rounds of losing the same clip id to concurrent runs before giving up
 
 
 @dataclass(frozen=True)
@@ -35,34 +49,61 @@ class Registration:
 
 
 class ClipRegistry:
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db, db:
-            db.executescript(_SCHEMA)
-
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=60, isolation_level="IMMEDIATE")
+    def __init__(self, db: Database | str) -> None:
+        self.db = db if isinstance(db, Database) else Database(db)
+        self.db.ensure_schema(_METADATA)
 
     def register(self, batch: str, clip_id: str, sha256: str, source_url: str) -> Registration:
         """Register one upload; idempotent, so re-running a batch gives the same answers."""
-        with closing(self._connect()) as db, db:
-            db.execute("INSERT OR IGNORE INTO sources VALUES (?, ?, ?, ?)", (sha256, batch, clip_id, source_url))
-            row = db.execute("SELECT clip_id, batch, source_url FROM clips WHERE sha256 = ?", (sha256,)).fetchone()
-            if row is not None:
-                same_upload = row[1] == batch and row[0] == clip_id
-                return Registration("clip" if same_upload else "duplicate", row[0], row[1])
-            owner = db.execute("SELECT batch FROM clips WHERE clip_id = ?", (clip_id,)).fetchone()
-            if owner is not None and owner[0] != batch:
-                return Registration("id_conflict", clip_id, owner[0])
-            # New content, or a changed re-upload of this batch's own clip (its new content wins).
-            db.execute("DELETE FROM clips WHERE clip_id = ? AND batch = ?", (clip_id, batch))
-            db.execute("INSERT INTO clips VALUES (?, ?, ?, ?)", (sha256, clip_id, batch, source_url))
-            return Registration("clip", clip_id, batch)
+        with self.db.write() as db:
+            source = dict(sha256=sha256, batch=batch, clip_id=clip_id, source_url=source_url)
+            db.execute(self.db.insert_new(_SOURCES).values(**source))
+            for _ in range(_MAX_RACES):
+                known = _known(db, batch, clip_id, sha256)
+                if known is not None:
+                    return known
+                # New content, or a changed re-upload of this batch's own clip (its new content wins).
+                db.execute(delete(_CLIPS).where(_CLIPS.c.clip_id == clip_id, _CLIPS.c.batch == batch))
+                if db.execute(self.db.insert_new(_CLIPS).values(**source)).rowcount:
+                    return Registration("clip", clip_id, batch)
+                # Another run registered this content or this clip id meanwhile: look again.
+        raise RuntimeError(f"clip {clip_id} of batch {batch}: lost {_MAX_RACES} races to concurrent registrations")
 
     def sources(self, sha256: str) -> list[tuple[str, str, str]]:
         """Every (batch, clip_id, source_url) this content was uploaded as."""
-        with closing(self._connect()) as db:
-            return db.execute(
-                "SELECT batch, clip_id, source_url FROM sources WHERE sha256 = ? ORDER BY batch, source_url", (sha256,)
-            ).fetchall()
+        query = (
+            select(_SOURCES.c.batch, _SOURCES.c.clip_id, _SOURCES.c.source_url)
+            .where(_SOURCES.c.sha256 == sha256)
+            .order_by(_SOURCES.c.batch, _SOURCES.c.source_url)
+        )
+        with self.db.read() as db:
+            return [tuple(row) for row in db.execute(query)]
+
+    def import_legacy(self, path: str | Path) -> int:
+        """Copy a registry file from before `AVDAG_DB_URL` into an empty registry; the number of clips copied."""
+        path = Path(path)
+        if not path.is_file():
+            return 0
+        with self.db.write() as db:
+            if db.execute(select(_CLIPS.c.sha256).limit(1)).first() is not None:
+                return 0
+            with closing(sqlite3.connect(path)) as old:
+                old.row_factory = sqlite3.Row
+                clips = [dict(row) for row in old.execute("SELECT sha256, clip_id, batch, source_url FROM clips")]
+                sources = [dict(row) for row in old.execute("SELECT sha256, batch, clip_id, source_url FROM sources")]
+            for table, rows in ((_SOURCES, sources), (_CLIPS, clips)):
+                if rows:
+                    db.execute(self.db.insert_new(table), rows)
+            return len(clips)
+
+
+def _known(db: Connection, batch: str, clip_id: str, sha256: str) -> Registration | None:
+    """What the registry already says about this upload; None: the content is new and the id is free here."""
+    row = db.execute(select(_CLIPS.c.clip_id, _CLIPS.c.batch).where(_CLIPS.c.sha256 == sha256)).first()
+    if row is not None:
+        same_upload = row.batch == batch and row.clip_id == clip_id
+        return Registration("clip" if same_upload else "duplicate", row.clip_id, row.batch)
+    owner = db.execute(select(_CLIPS.c.batch).where(_CLIPS.c.clip_id == clip_id)).scalar()
+    if owner is not None and owner != batch:
+        return Registration("id_conflict", clip_id, owner)
+    return None

@@ -4,6 +4,10 @@ Nothing is dropped silently: every file of the batch ends as a clip row or a qua
 that names the file, the check that failed and why. A clip whose label is bad is still a clip
 (it can be captioned); it just never enters train/eval. A video rejected for any reason takes
 its label into quarantine with it, so the label is accounted for too.
+
+A clip row names its video by source URL and sha256, never by a local copy: the copy probed
+here sits on this node's disk, and the steps after ingest may run on another node (they fetch
+the video by URL and check the hash; see `StateStoreResource.video`).
 """
 
 from __future__ import annotations
@@ -70,7 +74,6 @@ CLIP_COLUMNS = (
     "clip_id",
     "batch",
     "source_url",
-    "local_path",
     "label_url",
     "duration_s",
     "fps",
@@ -157,7 +160,6 @@ class _BatchIngest:
                 "clip_id": clip_id,
                 "batch": self.listing.batch,
                 "source_url": url,
-                "local_path": str(local),
                 "label_url": self.listing.labels.get(clip_id),
                 **asdict(probe),
                 "label_json": label_json,
@@ -208,7 +210,7 @@ def ingest_batch(
     limits: IngestLimits = IngestLimits(),
     registry: Registry | None = None,
 ) -> tuple[list[dict[str, Any]], list[QuarantineRecord]]:
-    """Clip rows (CLIP_COLUMNS) and quarantine records for one batch."""
+    """Clip rows (CLIP_COLUMNS) and quarantine records for one batch; `cache_dir` holds the probed copies."""
     run = _BatchIngest(zone, listing, cache_dir, limits, registry or BatchOnlyRegistry())
     for i, (clip_id, url) in enumerate(sorted(listing.videos.items()), start=1):
         if progress:

@@ -35,7 +35,6 @@ Decoded RGB pixels are bit-identical to torchcodec's on the sample clip (both us
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -46,6 +45,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import av
+
+from avdag.core.common.state_store import file_sha256
 
 if TYPE_CHECKING:  # torch and torchvision load on first decode, not on import: probing and
     import torch  # light Dagster steps (ingest, reports) never pay their import time
@@ -83,8 +84,6 @@ MAX_ASPECT_RATIO = 200
 DEFAULT_MIN_FRAMES = 4
 DEFAULT_MAX_FRAMES = 768
 
-_HASH_CHUNK_BYTES = 1024 * 1024
-
 
 class VideoError(Exception):
     """A file that cannot serve as a video input, with a human-readable reason."""
@@ -112,18 +111,6 @@ class SampledVideo:
     frames: torch.Tensor  # float32, T x 3 x H x W, values 0..255
     sample_fps: float  # fps the sampled frames represent, as qwen-vl-utils' video_kwargs["fps"]
     frame_indices: list[int]  # source frame indices taken, in order
-
-
-# --- Hashing --------------------------------------------------------------------------------------
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, streamed so multi-GB recordings never sit in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- Recipe arithmetic (pure functions, mirrored from qwen-vl-utils) ------------------------------

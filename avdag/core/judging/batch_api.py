@@ -9,8 +9,10 @@ A scoring run cannot wait 24 hours, so judging is split over runs:
 3. that run asks again for the same items, finds the ended submission covering them and reads
    its output and error files into verdicts, exactly as if they had been judged live.
 
-A run made while the batch is still going submits nothing new; a crash between creating a batch
-and recording it is healed by adopting the batch, found by the request key in its metadata.
+A run made while the batch is still going submits nothing new, and runs racing to submit the same
+requests (on any node) buy one batch: the ledger's claim on the request key lets one run buy while
+the others wait for its record. A crash between creating a batch and recording it is healed by
+adopting the batch, found by the request key in its metadata, once the dead run's claim is stale.
 """
 
 from __future__ import annotations
@@ -139,11 +141,12 @@ class OpenAIBatchJudge:
         """(submission, bought now): two runs asking for the same requests at once buy one batch."""
         custom_ids = sorted(items_by_key)
         request_key = submission_key(self.cache_scope, custom_ids)
-        with self.ledger.claim(request_key):
-            existing = self.ledger.load(request_key)
-            if existing is not None and existing.collected_at is None:
-                return existing, False
-            return self._submit(items_by_key, custom_ids, request_key), True
+        with self.ledger.claim(request_key) as claim:
+            if claim.existing is not None:
+                return claim.existing, False
+            submission = self._submit(items_by_key, custom_ids, request_key)
+            claim.record(submission)
+            return submission, True
 
     def _submit(
         self, items_by_key: dict[str, JudgeItem], custom_ids: list[str], request_key: str
@@ -154,9 +157,7 @@ class OpenAIBatchJudge:
         for index, chunk in enumerate(chunks):
             batch = adoptable.get(index) or self._create_batch(request_key, index, len(chunks), chunk)
             parts.append(_update_part(BatchApiPart(batch.id, batch.input_file_id, len(chunk), batch.status), batch))
-        submission = BatchApiSubmission(request_key, self.cache_scope, self.requested_by, custom_ids, parts)
-        self.ledger.save(submission)
-        return submission
+        return BatchApiSubmission(request_key, self.cache_scope, self.requested_by, custom_ids, parts)
 
     def _request_line(self, custom_id: str, item: JudgeItem) -> bytes:
         body = judge_request_body(self.model, self.system_prompt, self.user_template, item)

@@ -6,8 +6,9 @@ several times, which repeat). The baseline and the fine-tuned scoring share one 
 fine-tuned answer identical to the baseline's reuses its verdict. Only verdicts with a score are
 stored: failures and unparseable replies are asked again.
 
-SQLite in WAL mode: many small entries, readers never block the writer, and several threads or
-processes (parallel batch partitions) can share one file.
+They live in the shared database (`AVDAG_DB_URL`), so every node of a deployment reuses every
+verdict bought. A key is stored once: the first verdict wins, so two runs that judged the same item
+at once keep one answer, the same one everywhere.
 """
 
 from __future__ import annotations
@@ -20,14 +21,22 @@ from collections.abc import Iterable, Sequence
 from contextlib import closing
 from pathlib import Path
 
+from sqlalchemy import Column, Double, Integer, MetaData, Table, Text, func, select
+
+from avdag.core.common.database import Database
 from avdag.core.judging.items import JudgeItem
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS verdicts (
-    key TEXT PRIMARY KEY, score INTEGER NOT NULL, reply TEXT NOT NULL, scope TEXT NOT NULL, created REAL NOT NULL
-);
-"""
-_LOOKUP_CHUNK = 500  # keys per SELECT, well under SQLite's bound-parameter limit
+_METADATA = MetaData()
+_VERDICTS = Table(
+    "avdag_judge_verdicts",
+    _METADATA,
+    Column("key", Text, primary_key=True),
+    Column("score", Integer, nullable=False),
+    Column("reply", Text, nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("created", Double, nullable=False),
+)
+_CHUNK = 500  # keys per SELECT and rows per INSERT, well under SQLite's and Postgres' bound-parameter limits
 
 
 def judge_cache_scope(model_id: str, system_prompt: str, user_template: str) -> str:
@@ -48,41 +57,53 @@ def judge_cache_key(scope: str, item: JudgeItem, repeat: int = 0) -> str:
 
 
 class JudgeCache:
-    """key -> (score, reply) of successful verdicts, in one SQLite file."""
+    """key -> (score, reply) of successful verdicts, in the shared database."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db, db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=60)
+    def __init__(self, db: Database | str) -> None:
+        self.db = db if isinstance(db, Database) else Database(db)
+        self.db.ensure_schema(_METADATA)
 
     def lookup(self, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
         """{key: (score, reply)} for the keys that are stored."""
         unique = list(dict.fromkeys(keys))
         found: dict[str, tuple[int, str]] = {}
-        with closing(self._connect()) as db:
-            for start in range(0, len(unique), _LOOKUP_CHUNK):
-                chunk = unique[start : start + _LOOKUP_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                rows = db.execute(f"SELECT key, score, reply FROM verdicts WHERE key IN ({marks})", chunk)
+        columns = _VERDICTS.c
+        with self.db.read() as db:
+            for start in range(0, len(unique), _CHUNK):
+                chunk = unique[start : start + _CHUNK]
+                rows = db.execute(select(columns.key, columns.score, columns.reply).where(columns.key.in_(chunk)))
                 found.update({key: (score, reply) for key, score, reply in rows})
         return found
 
     def store(self, scope: str, entries: Sequence[tuple[str, int, str]]) -> None:
-        """Store (key, score, reply) results of one judge scope; a key stored again is replaced."""
+        """Store (key, score, reply) results of one judge scope; a key already stored keeps its first verdict."""
         if any(not isinstance(score, int) for _, score, _ in entries):
             raise ValueError("only verdicts with a score can be cached")
         now = time.time()
-        with closing(self._connect()) as db, db:
-            db.executemany(
-                "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?)",
-                [(key, score, reply, scope, now) for key, score, reply in entries],
-            )
+        rows = [dict(key=key, score=score, reply=reply, scope=scope, created=now) for key, score, reply in entries]
+        self._insert(rows)
+
+    def import_legacy(self, path: str | Path) -> int:
+        """Copy a verdict file from before `AVDAG_DB_URL` into an empty cache; the number of verdicts copied."""
+        path = Path(path)
+        if not path.is_file():
+            return 0
+        with self.db.read() as db:
+            if db.execute(select(_VERDICTS.c.key).limit(1)).first() is not None:
+                return 0
+        with closing(sqlite3.connect(path)) as old:
+            old.row_factory = sqlite3.Row
+            rows = [dict(row) for row in old.execute("SELECT key, score, reply, scope, created FROM verdicts")]
+        self._insert(rows)
+        return len(rows)
+
+    def _insert(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        with self.db.write() as db:
+            for start in range(0, len(rows), _CHUNK):
+                db.execute(self.db.insert_new(_VERDICTS), rows[start : start + _CHUNK])
 
     def __len__(self) -> int:
-        with closing(self._connect()) as db:
-            return db.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0]
+        with self.db.read() as db:
+            return db.execute(select(func.count()).select_from(_VERDICTS)).scalar_one()

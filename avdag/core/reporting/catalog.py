@@ -1,4 +1,4 @@
-"""The clip catalog: one DuckDB file that makes every clip findable.
+"""The clip catalog: one typed Parquet table, queried with DuckDB, that makes every clip findable.
 
 Dashcam data is useless until it is labelled and searchable. The catalog holds every clip
 with its metadata, its human label (if any) and its latest baseline and fine-tuned captions,
@@ -13,6 +13,9 @@ Storage choices:
 - Derived flags are NULL when the clip has no answer from any source (unknown, not False).
 
 The query language is parsed into a parameterised WHERE clause: user values never become SQL.
+
+The table lives in the state store (`CATALOG`), so `avdag search` works from any machine that
+reaches it: DuckDB queries a node-local copy of the file (the stored file itself locally).
 """
 
 from __future__ import annotations
@@ -38,9 +41,11 @@ from avdag.core.common.labels import (
     canonical_boolean,
     canonical_choice,
 )
+from avdag.core.common.state_store import StateStore
 
 TABLE = "clips"
 ASSET_NAME = "clip_catalog"
+CATALOG = "catalog/clips.parquet"  # the state-store key of the table
 CAPTION_SOURCES = ("baseline", "finetuned")
 
 # column -> (DuckDB type, query kind). Order is the table's column order.
@@ -127,21 +132,17 @@ class CatalogQueryError(ValueError):
 
 
 def build_catalog(
-    db_path: str | Path, clips: pd.DataFrame, splits: pd.DataFrame, captions: pd.DataFrame
+    path: str | Path, clips: pd.DataFrame, splits: pd.DataFrame, captions: pd.DataFrame
 ) -> dict[str, int]:
-    """Write the catalog atomically and return its counts.
+    """Write the catalog as typed Parquet, atomically, and return its counts.
 
-    Built in a temp file beside `db_path` and renamed over it only when complete, so a reader
-    (the UI, a notebook) sees the old catalog or the new one, never half of one.
+    Built in a temp file beside `path` and renamed over it only when complete, so a reader (the
+    UI, a notebook) sees the old catalog or the new one, never half of one.
     """
     rows = catalog_rows(clips, splits, captions)
-    db_path = Path(db_path)
-    with atomic_path(db_path) as tmp:
-        try:
-            counts = _write_database(tmp, rows)
-        finally:
-            _remove_wal(tmp)
-        _remove_wal(db_path)  # a stale WAL beside the target would be replayed onto the new file
+    with duckdb.connect() as conn, atomic_path(path) as tmp:
+        counts = _load_table(conn, rows)
+        conn.table(TABLE).write_parquet(str(tmp))
     return counts
 
 
@@ -373,48 +374,50 @@ def search_text(flat: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _write_database(path: Path, rows: pd.DataFrame) -> dict[str, int]:
-    """Create the typed table in a fresh DuckDB file; DuckDB casts (and rejects bad) values."""
-    path.unlink(missing_ok=True)  # DuckDB refuses to open an existing empty file
+def _load_table(conn: duckdb.DuckDBPyConnection, rows: pd.DataFrame) -> dict[str, int]:
+    """Create the typed table in an in-memory database; DuckDB casts (and rejects bad) values."""
     columns = [*COLUMNS, _SEARCH_TEXT]
     ddl = ", ".join(f"{name} {COLUMNS.get(name, ('VARCHAR',))[0]}" for name in columns)
     names = ", ".join(columns)
-    conn = duckdb.connect(str(path))
-    try:
-        conn.execute(f"CREATE TABLE {TABLE} ({ddl}, PRIMARY KEY (clip_id))")
-        conn.register("catalog_rows", rows)
-        conn.execute(f"INSERT INTO {TABLE} ({names}) SELECT {names} FROM catalog_rows")
-        conn.unregister("catalog_rows")
-        counts = _counts(conn)
-        conn.execute("CHECKPOINT")
-    finally:
-        conn.close()
-    return counts
-
-
-def _remove_wal(path: Path) -> None:
-    Path(f"{path}.wal").unlink(missing_ok=True)
+    conn.execute(f"CREATE TABLE {TABLE} ({ddl}, PRIMARY KEY (clip_id))")
+    conn.register("catalog_rows", rows)
+    conn.execute(f"INSERT INTO {TABLE} ({names}) SELECT {names} FROM catalog_rows")
+    conn.unregister("catalog_rows")
+    return _counts(conn)
 
 
 def _counts(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    clips, labelled, baseline, finetuned = conn.execute(
+    ((clips, labelled, baseline, finetuned),) = conn.execute(
         f"SELECT count(*), count(human_label), count(baseline_raw), count(finetuned_raw) FROM {TABLE}"
-    ).fetchone()
+    ).fetchall()  # every row fetched: DuckDB 2 refuses more work on a connection with a result left open
     return {"clips": clips, "labelled": labelled, "captioned_baseline": baseline, "captioned_finetuned": finetuned}
 
 
 # ----------------------------------------------------------------------------- read
 
 
-def _connect(db_path: str | Path) -> duckdb.DuckDBPyConnection:
-    path = Path(db_path)
+def fetch_catalog(store: StateStore, scratch: str | Path) -> Path:
+    """The catalog on this node for `search`: the stored file itself on a local store, else a scratch copy."""
+    try:
+        return store.fetch(CATALOG, scratch)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"no clip catalog at {store.uri(CATALOG)}; materialize the `{ASSET_NAME}` asset to build it"
+        ) from None
+
+
+def _connect(path: str | Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB whose `clips` view reads the catalog file."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no clip catalog at {path}; materialize the `{ASSET_NAME}` asset to build it")
-    return duckdb.connect(str(path), read_only=True)
+    conn = duckdb.connect()
+    conn.read_parquet(str(path)).create_view(TABLE)
+    return conn
 
 
 def search(
-    db_path: str | Path,
+    path: str | Path,
     query: str = "",
     *,
     limit: int | None = 20,
@@ -437,7 +440,7 @@ def search(
             raise CatalogQueryError(f"limit must be a non-negative integer or None, got {limit!r}")
         sql += " LIMIT ?"
         params = [*params, limit]
-    with _connect(db_path) as conn:
+    with _connect(path) as conn:
         return conn.execute(sql, params).df()
 
 
@@ -560,9 +563,9 @@ def _list_condition(column: str, op: str) -> str:
 # ----------------------------------------------------------------------------- preview
 
 
-def catalog_markdown(db_path: str | Path, *, limit: int = 15) -> str:
+def catalog_markdown(path: str | Path, *, limit: int = 15) -> str:
     """A Markdown preview for Dagster UI metadata: counts, breakdowns and the first rows."""
-    with _connect(db_path) as conn:
+    with _connect(path) as conn:
         counts = _counts(conn)
         breakdowns = [_breakdown(conn, column) for column in ("split", "weather", "lighting")]
         sample = conn.execute(

@@ -4,28 +4,33 @@ Every link is found by what the score row recorded (its batch, clip hash, captio
 path and hash), never by "the latest" file: a re-caption overwrites the batch's caption table and
 a retrain rewrites `sft_checkpoint.json`, but the caption cache keeps each caption under its key
 and each checkpoint has its own folder. What is stored now is compared with the row, and every
-section says "matches the score row" or what differs. Read from the files avdag writes under
-$AVDAG_HOME, so it works without a running Dagster instance and shows exactly what is stored.
+section says "matches the score row" or what differs. Read from the state store avdag writes
+(AVDAG_STATE_URL), so it works from any machine that reaches it, without a running Dagster
+instance, and shows exactly what is stored; a checkpoint is fetched into scratch to hash its weights.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
 
 from avdag.core.captioning.answers import parse_answer
-from avdag.core.captioning.caption_cache import caption_key
+from avdag.core.captioning.caption_cache import cache_entry, caption_key
 from avdag.core.captioning.model import CaptionSource
 from avdag.core.common.model_identity import model_fingerprint
+from avdag.core.common.state_store import ContentMismatchError, StateStore
 
 SOURCES = ("baseline", "finetuned")
 MATCHES = "matches the score row"
 MISMATCH = "MISMATCH: "
 TRAINING_RECORD = "avdag_training.json"  # what the trainers write into each checkpoint folder
+CHECKPOINTS = "checkpoints"  # state-store prefix: one folder per checkpoint id
+ASSETS = "assets"  # state-store prefix of the asset values (parquet_io, json_io)
 _UPLOAD_COLUMNS = ("batch", "source_url", "sha256", "duration_s", "width", "height", "fps", "codec", "size_bytes")
 _SCORE_COLUMNS = (
     "batch",
@@ -62,26 +67,29 @@ class Lineage:
 
 
 def score_lineage(
-    home: Path, clip_id: str, question: str, source: CaptionSource = "finetuned", batch: str | None = None
+    store: StateStore,
+    scratch: str | Path,
+    clip_id: str,
+    question: str,
+    source: CaptionSource = "finetuned",
+    batch: str | None = None,
 ) -> Lineage:
     """Upload → split → caption → checkpoint (or base model) → score, for one clip, question and batch.
 
-    `home` is $AVDAG_HOME (assets, caption cache, checkpoints). `batch` is needed only when the
-    clip id was scored in several batches.
+    `store` holds the assets, caption cache and checkpoints; model folders are fetched into
+    `scratch` to be hashed. `batch` is needed only when the clip id was scored in several batches.
     """
     if source not in SOURCES:
         raise LineageError(f"source must be one of {SOURCES}, got {source!r}")
-    home = Path(home)
-    assets = home / "assets"
-    score = _score_row(assets, clip_id, question, source, batch)
+    score = _score_row(store, clip_id, question, source, batch)
     lineage = Lineage(clip_id, score["field"], source, score["batch"])
-    lineage.sections["upload"] = _upload(assets, score)
-    lineage.sections["split"] = _split(assets, score)
-    lineage.sections["caption"] = _caption(home, assets, score, source)
+    lineage.sections["upload"] = _upload(store, score)
+    lineage.sections["split"] = _split(store, score)
+    lineage.sections["caption"] = _caption(store, score, source)
     if source == "finetuned":
-        lineage.sections["checkpoint"] = _checkpoint(home, assets, score)
+        lineage.sections["checkpoint"] = _checkpoint(store, scratch, score)
     else:
-        lineage.sections["model"] = _base_model(score)
+        lineage.sections["model"] = _base_model(store, scratch, score)
     lineage.sections["score"] = {
         "check": "the row every section above is checked against",
         **{k: score.get(k) for k in _SCORE_COLUMNS},
@@ -89,8 +97,10 @@ def score_lineage(
     return lineage
 
 
-def _score_row(assets: Path, clip_id: str, question: str, source: CaptionSource, batch: str | None) -> dict[str, Any]:
-    scores = _rows(assets / f"{source}_judge_scores", clip_id)
+def _score_row(
+    store: StateStore, clip_id: str, question: str, source: CaptionSource, batch: str | None
+) -> dict[str, Any]:
+    scores = _rows(store, f"{ASSETS}/{source}_judge_scores", clip_id)
     if scores.empty:
         raise LineageError(
             f"no {source} score for clip {clip_id!r}: it is not an eval clip, or its batch has not been scored"
@@ -110,8 +120,9 @@ def _score_row(assets: Path, clip_id: str, question: str, source: CaptionSource,
     return _pick_question(scores, question)
 
 
-def _rows(folder: Path, clip_id: str) -> pd.DataFrame:
-    frames = [pd.read_parquet(path) for path in sorted(folder.glob("*.parquet"))]
+def _rows(store: StateStore, prefix: str, clip_id: str) -> pd.DataFrame:
+    tables = [key for key in store.list(prefix) if key.endswith(".parquet")]
+    frames = [pd.read_parquet(io.BytesIO(data)) for _, data in sorted(store.read_many(tables).items())]
     if not frames:
         return pd.DataFrame()
     table = pd.concat(frames, ignore_index=True)
@@ -129,9 +140,8 @@ def _pick_question(scores: pd.DataFrame, question: str) -> dict[str, Any]:
     return {k: _plain(v) for k, v in matches.iloc[0].items()}
 
 
-def _upload(assets: Path, score: dict[str, Any]) -> dict[str, Any]:
-    path = assets / "raw_clips" / f"{score['batch']}.parquet"
-    row, missing = _stored_row(path, score["clip_id"])
+def _upload(store: StateStore, score: dict[str, Any]) -> dict[str, Any]:
+    row, missing = _stored_row(store, f"{ASSETS}/raw_clips/{score['batch']}.parquet", score["clip_id"])
     if row is None:
         return _checked({}, [missing])
     values = {k: row[k] for k in _UPLOAD_COLUMNS if k in row}
@@ -141,8 +151,8 @@ def _upload(assets: Path, score: dict[str, Any]) -> dict[str, Any]:
     return _checked(values, problems)
 
 
-def _split(assets: Path, score: dict[str, Any]) -> dict[str, Any]:
-    row, missing = _stored_row(assets / "clip_splits" / f"{score['batch']}.parquet", score["clip_id"])
+def _split(store: StateStore, score: dict[str, Any]) -> dict[str, Any]:
+    row, missing = _stored_row(store, f"{ASSETS}/clip_splits/{score['batch']}.parquet", score["clip_id"])
     if row is None:
         return _checked({}, [missing])
     recorded = {"split": "eval"}  # only eval clips are scored
@@ -151,7 +161,7 @@ def _split(assets: Path, score: dict[str, Any]) -> dict[str, Any]:
     return _checked({k: row[k] for k in ("split", "sha256") if k in row}, _differences(row, recorded))
 
 
-def _caption(home: Path, assets: Path, score: dict[str, Any], source: CaptionSource) -> dict[str, Any]:
+def _caption(store: StateStore, score: dict[str, Any], source: CaptionSource) -> dict[str, Any]:
     """The judged caption, by its key: from the caption cache, else the batch's table if it still holds it."""
     key = score["caption_key"]
     values: dict[str, Any] = {
@@ -168,14 +178,14 @@ def _caption(home: Path, assets: Path, score: dict[str, Any], source: CaptionSou
     )
     if identity != key:
         problems.append(f"caption key {key} is not the key of the recorded clip, model, prompt and generation")
-    cache_file = home / "cache" / "captions" / f"{key}.json"
-    table_path = assets / f"{source}_captions" / f"{score['batch']}.parquet"
-    table_row, table_missing = _stored_row(table_path, score["clip_id"])
+    cache_file = cache_entry(key)
+    table = f"{ASSETS}/{source}_captions/{score['batch']}.parquet"
+    table_row, table_missing = _stored_row(store, table, score["clip_id"])
     in_table = table_row if table_row is not None and table_row.get("caption_key") == key else None
-    record = _read_json(cache_file)
+    record = _read_json(store, cache_file)
     if record is not None:
         values.update(
-            found_in=str(cache_file),
+            found_in=store.uri(cache_file),
             caption_run_id=record.get("run_id"),
             new_tokens=record.get("new_tokens"),
             caption_error=None,  # failed captions are never cached
@@ -183,14 +193,16 @@ def _caption(home: Path, assets: Path, score: dict[str, Any], source: CaptionSou
         )
     elif in_table is not None:
         values.update(
-            found_in=str(table_path),
+            found_in=store.uri(table),
             caption_run_id=in_table.get("caption_run_id"),
             new_tokens=in_table.get("new_tokens"),
             caption_error=in_table.get("caption_error"),
             raw_text=in_table.get("raw_text"),
         )
     else:
-        problems.append(f"no caption with key {key}: not in the caption cache ({cache_file}), nor in {table_path}")
+        problems.append(
+            f"no caption with key {key}: not in the caption cache ({store.uri(cache_file)}), nor in {store.uri(table)}"
+        )
     if isinstance(values.get("raw_text"), str):
         parsed = parse_answer(values["raw_text"])
         values["parse_error"] = parsed.error
@@ -226,31 +238,33 @@ def _judged_answer(data: dict[str, Any] | None, field_name: str) -> str | None:
     return json.dumps(data[field_name], ensure_ascii=False) if data and field_name in data else None
 
 
-def _checkpoint(home: Path, assets: Path, score: dict[str, Any]) -> dict[str, Any]:
+def _checkpoint(store: StateStore, scratch: str | Path, score: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint folder the caption's model_path names, its weights hashed against the row's model_hash."""
-    if not score.get("model_path"):
+    recorded = score.get("model_path")
+    if not recorded:
         return _checked({}, ["the score row recorded no model path"])
-    recorded = Path(score["model_path"])
-    folder = recorded if recorded.is_dir() else home / "checkpoints" / recorded.name
-    values: dict[str, Any] = {"checkpoint_id": folder.name.removeprefix("sft-"), "path": str(folder)}
-    if not folder.is_dir():
-        return _checked(values, [f"no checkpoint folder at {recorded} (nor in {home / 'checkpoints'})"])
-    if folder != recorded:
-        values["note"] = f"the score row recorded {recorded}; found by name under {home}"
+    key = store.key_of(recorded) or f"{CHECKPOINTS}/{PurePosixPath(recorded).name}"
+    values: dict[str, Any] = {"checkpoint_id": PurePosixPath(key).name.removeprefix("sft-"), "path": store.uri(key)}
+    if store.key_of(recorded) is None:
+        values["note"] = f"the score row recorded {recorded}; found by name in {store.uri(CHECKPOINTS)}"
+    if not store.is_complete(key):
+        return _checked(
+            values, [f"no complete checkpoint folder at {store.uri(key)} (the score row recorded {recorded})"]
+        )
     problems = []
     try:
-        values["weights_hash"] = model_fingerprint(str(folder))
-    except FileNotFoundError as error:
+        values["weights_hash"] = model_fingerprint(str(store.fetch_folder(key, scratch)))
+    except (FileNotFoundError, ContentMismatchError) as error:
         values["weights_hash"] = None
         problems.append(str(error))
     if values["weights_hash"] and values["weights_hash"] != score["model_hash"]:
         problems.append(
-            f"the weights in {folder} hash to {values['weights_hash']}, the judged caption was made by "
+            f"the weights in {store.uri(key)} hash to {values['weights_hash']}, the judged caption was made by "
             f"{score['model_hash']}: the folder was overwritten since"
         )
-    record = _read_json(folder / TRAINING_RECORD)
+    record = _read_json(store, f"{key}/{TRAINING_RECORD}")
     if record is None:
-        problems.append(f"no {TRAINING_RECORD} in {folder}")
+        problems.append(f"no {TRAINING_RECORD} in {store.uri(key)}")
     else:
         losses = record.get("losses") or []
         values.update(
@@ -261,43 +275,49 @@ def _checkpoint(home: Path, assets: Path, score: dict[str, Any]) -> dict[str, An
             final_loss=losses[-1][1] if losses else None,
             train_seconds=record.get("seconds"),
         )
-    values["now_in_service"] = _now(assets / "checkpoint_in_service.json", score["model_hash"])
-    values["latest_trained"] = _now(assets / "sft_checkpoint.json", score["model_hash"])
+    values["now_in_service"] = _now(store, f"{ASSETS}/checkpoint_in_service.json", score["model_hash"])
+    values["latest_trained"] = _now(store, f"{ASSETS}/sft_checkpoint.json", score["model_hash"])
     return _checked(values, problems)
 
 
-def _now(path: Path, model_hash: str) -> str:
+def _now(store: StateStore, key: str, model_hash: str) -> str:
     """Context only: which checkpoint a 'latest' record names now, and whether it is this one."""
-    info = _read_json(path)
+    info = _read_json(store, key)
     if not info:
-        return f"none ({path} does not exist)"
+        return f"none ({store.uri(key)} does not exist)"
     same = info.get("weights_hash") == model_hash
     return f"{info.get('checkpoint_id')} ({'this checkpoint' if same else 'differs'})"
 
 
-def _base_model(score: dict[str, Any]) -> dict[str, Any]:
-    """The base model the baseline caption names; a local folder's weights are hashed against the row."""
+def _base_model(store: StateStore, scratch: str | Path, score: dict[str, Any]) -> dict[str, Any]:
+    """The base model the baseline caption names; a folder's weights (fetched when in the store) are hashed."""
     path = score["model_path"]
     values: dict[str, Any] = {"model_path": path}
     if not path:
         return _checked(values, ["the score row recorded no model path"])
-    if Path(path).is_absolute() and not Path(path).exists():
+    key = store.key_of(path)
+    try:
+        local = str(store.fetch_folder(key, scratch)) if key is not None else path
+    except (FileNotFoundError, ContentMismatchError) as error:
+        return _checked(values, [str(error)])
+    if Path(local).is_absolute() and not Path(local).exists():
         return _checked(values, [f"no model folder at {path}"])
     try:
-        values["model_hash"] = model_fingerprint(path)
+        values["model_hash"] = model_fingerprint(local)
     except FileNotFoundError as error:
         return _checked(values, [str(error)])
     return _checked(values, _differences(values, {"model_hash": score["model_hash"]}))
 
 
-def _stored_row(path: Path, clip_id: str) -> tuple[dict[str, Any] | None, str]:
+def _stored_row(store: StateStore, key: str, clip_id: str) -> tuple[dict[str, Any] | None, str]:
     """(the clip's row in a per-batch table, or None and why not)."""
-    if not path.exists():
-        return None, f"{path} does not exist"
-    table = pd.read_parquet(path)
+    try:
+        table = pd.read_parquet(io.BytesIO(store.read_bytes(key)))
+    except FileNotFoundError:
+        return None, f"{store.uri(key)} does not exist"
     rows = table[table["clip_id"] == clip_id]
     if rows.empty:
-        return None, f"{clip_id} is not in {path}"
+        return None, f"{clip_id} is not in {store.uri(key)}"
     return {k: _plain(v) for k, v in rows.iloc[0].items()}, ""
 
 
@@ -313,9 +333,9 @@ def _checked(values: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     return {"check": MISMATCH + "; ".join(problems) if problems else MATCHES, **values}
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(store: StateStore, key: str) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return store.read_json(key)
     except (OSError, ValueError):
         return None
 

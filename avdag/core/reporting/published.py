@@ -1,8 +1,9 @@
 """Reports that belong together, published as one: the comparison's JSON and its chart.
 
-Both files go into a folder named by their content, written completely, and only then does the
-one-line pointer `latest.json` move to it (an atomic rename). A reader follows the pointer and so
-always sees a JSON and a PNG from the same run, even while another run publishes.
+Both files go into a state-store folder named by their content, each written atomically, and only
+then does the one-line pointer `reports/latest.json` move to it (one atomic write). A reader
+follows the pointer and so always sees a JSON and a PNG from the same run, even while another run
+publishes, from any machine that reaches the store.
 """
 
 from __future__ import annotations
@@ -10,40 +11,34 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from avdag.core.common.atomic import write_json_atomic
-from avdag.core.common.locks import build_once
+from avdag.core.common.state_store import StateStore
 
-POINTER = "latest.json"
+REPORTS = "reports"
+POINTER = f"{REPORTS}/latest.json"
 
 
 @dataclass(frozen=True)
 class ReportFiles:
+    """State-store keys of one published report (`StateStore.uri` names them for people)."""
+
     folder: str
     json: str
     png: str
 
 
-def publish_report(reports_dir: str | Path, report: dict[str, Any], png: bytes) -> ReportFiles:
-    reports_dir = Path(reports_dir)
+def publish_report(store: StateStore, report: dict[str, Any], png: bytes) -> ReportFiles:
     body = (json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-    digest = hashlib.sha256(body + png).hexdigest()[:16]
-    folder = reports_dir / f"comparison-{digest}"
-
-    def write(staging: Path) -> None:
-        (staging / "comparison.json").write_bytes(body)
-        (staging / "comparison.png").write_bytes(png)
-
-    build_once(folder, write, on_reuse=lambda path: None)
-    files = ReportFiles(str(folder), str(folder / "comparison.json"), str(folder / "comparison.png"))
-    write_json_atomic(reports_dir / POINTER, {"folder": files.folder, "json": files.json, "png": files.png})
+    folder = f"{REPORTS}/comparison-{hashlib.sha256(body + png).hexdigest()[:16]}"
+    files = ReportFiles(folder, f"{folder}/comparison.json", f"{folder}/comparison.png")
+    store.write_bytes(files.json, body)
+    store.write_bytes(files.png, png)
+    store.write_json(POINTER, {"folder": files.folder, "json": files.json, "png": files.png})
     return files
 
 
-def latest_report(reports_dir: str | Path) -> ReportFiles:
+def latest_report(store: StateStore) -> ReportFiles:
     """The files the pointer names; FileNotFoundError when nothing was published yet."""
-    pointer = Path(reports_dir) / POINTER
-    data = json.loads(pointer.read_text(encoding="utf-8"))
+    data = store.read_json(POINTER)
     return ReportFiles(data["folder"], data["json"], data["png"])

@@ -10,10 +10,10 @@ from avdag.core.captioning.caption_quality import FLAGS, caption_quality, captio
 from avdag.core.captioning.model import CaptionSource
 from avdag.core.common.labels import FIELD_COUNT
 from avdag.defs.pipeline.partitions import FOLLOW_NEW_CLIPS, clip_batches
-from avdag.defs.pipeline.pools import GPU_POOL
+from avdag.defs.pipeline.pools import GPU_POOL, GPU_STEP_TAGS
 from avdag.resources.captioner import CaptionerResource
 from avdag.resources.io_managers import OPTIONAL_INPUT
-from avdag.resources.storage import ArtifactStoreResource
+from avdag.resources.storage import StateStoreResource
 
 
 def _caption_metadata(frame: pd.DataFrame, raw_clips: pd.DataFrame) -> dict[str, Any]:
@@ -38,19 +38,20 @@ def _caption_metadata(frame: pd.DataFrame, raw_clips: pd.DataFrame) -> dict[str,
 def _run_captioning(
     context,
     captioner: CaptionerResource,
-    artifacts: ArtifactStoreResource,
-    model_path: str,
+    state: StateStoreResource,
+    model: str,
     raw_clips: pd.DataFrame,
     source: CaptionSource,
     **extra_metadata,
 ) -> dg.Output:
-    engine = captioner.captioner(model_path)
+    engine = captioner.captioner(model, state)
     frame = caption_clips(
         engine,
         raw_clips,
         captioner.prompts(),
-        artifacts.path("cache", "captions"),
+        state.store(),
         source,
+        video=state.video,
         log=context.log.info,
         run_id=context.run.run_id,
     )
@@ -63,16 +64,17 @@ def _run_captioning(
     automation_condition=FOLLOW_NEW_CLIPS,
     group_name="captions",
     pool=GPU_POOL,
+    op_tags=GPU_STEP_TAGS,
     kinds={"pytorch", "parquet"},
 )
 def baseline_captions(
     context: dg.AssetExecutionContext,
     raw_clips: pd.DataFrame,
     captioner: CaptionerResource,
-    artifacts: ArtifactStoreResource,
+    state: StateStoreResource,
 ) -> dg.Output[pd.DataFrame]:
     """The base model answers the rubric for every clip of the batch (raw text and parsed JSON)."""
-    return _run_captioning(context, captioner, artifacts, captioner.base_model_path(), raw_clips, "baseline")
+    return _run_captioning(context, captioner, state, captioner.base_model(state), raw_clips, "baseline")
 
 
 @dg.asset(
@@ -81,6 +83,7 @@ def baseline_captions(
     io_manager_key="parquet_io",
     group_name="captions",
     pool=GPU_POOL,
+    op_tags=GPU_STEP_TAGS,
     kinds={"pytorch", "parquet"},
     output_required=False,  # nothing to do before the first promotion
 )
@@ -89,7 +92,7 @@ def finetuned_captions(
     raw_clips: pd.DataFrame,
     checkpoint_in_service: dict | None,
     captioner: CaptionerResource,
-    artifacts: ArtifactStoreResource,
+    state: StateStoreResource,
 ):
     """The same captioner, loading the checkpoint in service (the last promoted one), never a mere candidate."""
     if not checkpoint_in_service:
@@ -98,7 +101,7 @@ def finetuned_captions(
     yield _run_captioning(
         context,
         captioner,
-        artifacts,
+        state,
         checkpoint_in_service["path"],
         raw_clips,
         "finetuned",

@@ -7,7 +7,7 @@ from pydantic import Field
 from avdag.core.ingest.upload_batch import CLIP_COLUMNS, IngestLimits, QuarantineRecord, ingest_batch
 from avdag.defs.pipeline.partitions import clip_batches
 from avdag.resources.registry import ClipRegistryResource
-from avdag.resources.storage import ArtifactStoreResource, LandingZoneResource
+from avdag.resources.storage import LandingZoneResource, StateStoreResource
 
 _DEFAULT_LIMITS = IngestLimits()
 
@@ -49,7 +49,7 @@ def raw_clips(
     config: IngestConfig,
     landing_zone: LandingZoneResource,
     clip_registry: ClipRegistryResource,
-    artifacts: ArtifactStoreResource,
+    state: StateStoreResource,
 ):
     """Probe and validate one batch; deduplicate by content across all batches."""
     zone = landing_zone.zone()
@@ -60,7 +60,7 @@ def raw_clips(
     clips, quarantine = ingest_batch(
         zone,
         listing,
-        artifacts.path("cache", "landing"),
+        state.scratch() / "landing",
         progress=lambda i, n, cid: context.log.debug(f"probing {i}/{n} {cid}"),
         limits=config.limits(),
         registry=clip_registry.registry(),

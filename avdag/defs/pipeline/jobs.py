@@ -10,8 +10,8 @@
 
 "One run at a time" is the instance's run queue: runs carry the tag `avdag/stage`, and the
 instance config avdag ships (`avdag/dagster.yaml`) limits the training and reporting stages to one
-run each. Every job runs its steps in one process (the in-process executor): torch and the model
-are loaded once per run, not once per step.
+run each. The executor is the Definitions' (`AVDAG_EXECUTOR`, see `executors.py`): by default every
+job runs its steps in one process, so torch and the model are loaded once per run, not once per step.
 """
 
 import dagster as dg
@@ -36,14 +36,12 @@ clip_batch_pipeline = dg.define_asset_job(
     "clip_batch_pipeline",
     selection=dg.AssetSelection.assets(*PER_BATCH_ASSETS),
     tags={STAGE_TAG: "clip-batch"},
-    executor_def=dg.in_process_executor,
     description="Ingest, split, caption and judge one clip batch (fine-tuned with the checkpoint in service).",
 )
 training_pipeline = dg.define_asset_job(
     "training_pipeline",
     selection=dg.AssetSelection.assets(*TRAINING_ASSETS),
     tags={STAGE_TAG: "training"},
-    executor_def=dg.in_process_executor,
     description="Train a candidate on every batch's train split, judge it against the checkpoint in service "
     "on the eval split, promote it if it is not worse.",
 )
@@ -51,7 +49,6 @@ reporting_pipeline = dg.define_asset_job(
     "reporting_pipeline",
     selection=dg.AssetSelection.assets(*REPORTING_ASSETS),
     tags={STAGE_TAG: "reporting"},
-    executor_def=dg.in_process_executor,
     description="The judge's calibration, then baseline vs the checkpoint in service over every batch's eval "
     "clips; the clip catalog.",
 )

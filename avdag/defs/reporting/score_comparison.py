@@ -35,7 +35,7 @@ from avdag.core.reporting.statistics import (
 from avdag.resources.captioner import CaptionerResource
 from avdag.resources.io_managers import ALL_PARTITIONS, OPTIONAL_INPUT, concat_partitions
 from avdag.resources.judge import JudgeResource
-from avdag.resources.storage import ArtifactStoreResource
+from avdag.resources.storage import StateStoreResource
 
 
 @dg.asset(
@@ -65,7 +65,7 @@ def score_comparison(
     judge_calibration: dict,
     captioner: CaptionerResource,
     judge: JudgeResource,
-    artifacts: ArtifactStoreResource,
+    state: StateStoreResource,
 ) -> dg.Output[dict]:
     """Per-question judge means, baseline vs fine-tuned, over the eval clips of every batch.
 
@@ -156,7 +156,8 @@ def score_comparison(
         "batches_left_out": stale_batches,
         "made_by_run": context.run.run_id,
     }
-    report_files = publish_report(artifacts.path("reports"), report, chart.png)
+    store = state.store()
+    report_files = publish_report(store, report, chart.png)
     return dg.Output(
         report,
         metadata={
@@ -178,8 +179,8 @@ def score_comparison(
             "chart": dg.MetadataValue.md(png_markdown(chart.png, "baseline vs fine-tuned")),
             "checkpoint_in_service": dg.MetadataValue.text(str(report["checkpoint_in_service"])),
             "batches_left_out": dg.MetadataValue.text(", ".join(stale_batches) or "none"),
-            "chart_path": dg.MetadataValue.path(report_files.png),
-            "report_path": dg.MetadataValue.path(report_files.json),
+            "chart_path": dg.MetadataValue.path(store.uri(report_files.png)),
+            "report_path": dg.MetadataValue.path(store.uri(report_files.json)),
         },
     )
 

@@ -19,11 +19,11 @@ from avdag.core.judging.score_captions import score_captions
 from avdag.core.reporting.charts import compare_scores, table_as_markdown
 from avdag.core.reporting.promotion import PromotionRule, decide_promotion
 from avdag.defs.pipeline.instance_reads import latest
-from avdag.defs.pipeline.pools import GPU_POOL
+from avdag.defs.pipeline.pools import GPU_POOL, GPU_STEP_TAGS
 from avdag.resources.captioner import CaptionerResource
 from avdag.resources.io_managers import ALL_PARTITIONS, concat_partitions
 from avdag.resources.judge import JudgeResource
-from avdag.resources.storage import ArtifactStoreResource
+from avdag.resources.storage import StateStoreResource
 
 
 class PromotionConfig(dg.Config):
@@ -51,6 +51,7 @@ def eval_clips_of(raw_clips: pd.DataFrame, split_manifest: pd.DataFrame) -> pd.D
     io_manager_key="json_io",
     group_name="training",
     pool=GPU_POOL,
+    op_tags=GPU_STEP_TAGS,
     kinds={"pytorch", "json"},
 )
 def candidate_evaluation(
@@ -60,7 +61,7 @@ def candidate_evaluation(
     split_manifest: pd.DataFrame,
     sft_checkpoint: dict,
     captioner: CaptionerResource,
-    artifacts: ArtifactStoreResource,
+    state: StateStoreResource,
     judge: JudgeResource,
 ) -> dg.Output[dict]:
     """The candidate against the checkpoint in service, on the eval split only (not every clip)."""
@@ -80,18 +81,23 @@ def candidate_evaluation(
         }
         champion["service_storage_id"] = service.storage_id
     else:
-        base = captioner.base_model_path()
-        champion = {"checkpoint_id": "base-model", "path": base, "weights_hash": model_fingerprint(base)}
+        base = captioner.base_model(state)
+        champion = {
+            "checkpoint_id": "base-model",
+            "path": base,
+            "weights_hash": model_fingerprint(state.local_model(base)),
+        }
     candidate = {k: sft_checkpoint[k] for k in ("checkpoint_id", "path", "weights_hash")}
     sides = {}
     for name, model in (("champion", champion), ("challenger", candidate)):
-        engine = captioner.captioner(model["path"])
+        engine = captioner.captioner(model["path"], state)
         captions = caption_clips(
             engine,
             clips,
             prompts,
-            artifacts.path("cache", "captions"),
+            state.store(),
             "finetuned",
+            video=state.video,
             log=context.log.info,
             run_id=context.run.run_id,
         )

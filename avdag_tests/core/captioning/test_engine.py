@@ -12,10 +12,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from avdag.core.captioning.caption_cache import caption_clips
+from avdag.core.captioning.caption_cache import CAPTION_CACHE, cache_entry, caption_clips
 from avdag.core.captioning.engine import VlmCaptioner
 from avdag.core.captioning.model import GenerationSettings
 from avdag.core.captioning.prompts import load_prompt_set
+from avdag.core.common.state_store import ContentMismatchError, StateStore
 from avdag.demo.sample_batch import REAL_CLIP_DIR
 from avdag.demo.synthetic_clips import random_scene, render_clip
 
@@ -91,22 +92,38 @@ def _clip_frame(paths: list[str]) -> pd.DataFrame:
             "clip_id": [f"c{i}" for i in range(len(paths))],
             "batch": "b1",
             "sha256": [f"{i:064x}" for i in range(len(paths))],
-            "local_path": paths,
+            "source_url": paths,
         }
     )
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _in_place(source_url: str, sha256: str) -> str:
+    """The clips are local files already (their made-up hashes are not checked)."""
+    return source_url
+
+
+def _cached(root: Path) -> list[str]:
+    """The cached caption files under a state-store root."""
+    folder = root / CAPTION_CACHE
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
 KILLABLE_RUN = textwrap.dedent("""
     import pathlib, sys, pandas as pd
     from avdag.core.captioning.caption_cache import caption_clips
     from avdag.core.captioning.engine import VlmCaptioner
+    from avdag.core.common.state_store import StateStore
     from avdag.core.captioning.model import GenerationSettings
     from avdag.core.captioning.prompts import load_prompt_set
     model, frame, cache = sys.argv[1:4]
     captioner = VlmCaptioner(model, device="cpu", settings=GenerationSettings(max_new_tokens=32), clips_per_generate=1)
     clips = pd.read_json(frame, dtype=False)
-    caption_clips(captioner, clips, load_prompt_set(), pathlib.Path(cache), "baseline",
-                  log=lambda line: print(line, flush=True))
+    caption_clips(captioner, clips, load_prompt_set(), StateStore(cache), "baseline",
+                  video=lambda url, sha: url, log=lambda line: print(line, flush=True))
 """)
 
 
@@ -143,21 +160,21 @@ def test_a_run_killed_mid_batch_resumes_without_recomputing_or_tearing(tiny_mode
             break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "".join(seen)
-    survivors = sorted(p.name for p in cache.iterdir())
+    survivors = _cached(cache)
     assert 2 <= len(survivors) < len(clips)
     assert all(p.endswith(".json") for p in survivors), f"torn or temp files left: {survivors}"
 
     engine = VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS, clips_per_generate=2)
     counting = CountingCaptioner(engine)
-    resumed = caption_clips(counting, frame, prompts, cache, "baseline", log=lambda _: None)
+    resumed = caption_clips(counting, frame, prompts, StateStore(str(cache)), "baseline", video=_in_place, log=_quiet)
     assert len(counting.asked) == len(clips) - len(survivors)
     assert resumed["cached"].sum() == len(survivors)
-    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{k}.json" for k in resumed["caption_key"])
+    assert _cached(cache) == sorted(f"{k}.json" for k in resumed["caption_key"])
 
-    fresh = caption_clips(engine, frame, prompts, tmp_path / "fresh", "baseline", log=lambda _: None)
+    fresh = caption_clips(engine, frame, prompts, StateStore(str(tmp_path / "fresh")), "baseline", video=_in_place)
     assert resumed["raw_text"].tolist() == fresh["raw_text"].tolist()
     again = CountingCaptioner(engine)
-    caption_clips(again, frame, prompts, cache, "baseline", log=lambda _: None)
+    caption_clips(again, frame, prompts, StateStore(str(cache)), "baseline", video=_in_place, log=_quiet)
     assert again.asked == []
 
 
@@ -165,14 +182,30 @@ def test_failed_clips_are_not_cached_and_are_retried(tiny_model_path, clips, pro
     missing = str(tmp_path / "gone.mp4")
     frame = _clip_frame([clips[0], missing])
     engine = VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS, clips_per_generate=2)
-    first = caption_clips(engine, frame, prompts, tmp_path / "cache", "baseline", log=lambda _: None)
+    store = StateStore(str(tmp_path))
+    first = caption_clips(engine, frame, prompts, store, "baseline", video=_in_place, log=_quiet)
     assert first["caption_error"].isna().tolist() == [True, False]
     assert first.loc[1, "parse_error"].startswith("not captioned:") and "gone.mp4" in first.loc[1, "parse_error"]
-    assert len(list((tmp_path / "cache").iterdir())) == 1
+    assert len(_cached(tmp_path)) == 1
     counting = CountingCaptioner(engine)
-    caption_clips(counting, frame, prompts, tmp_path / "cache", "baseline", log=lambda _: None)
+    caption_clips(counting, frame, prompts, store, "baseline", video=_in_place, log=_quiet)
     assert counting.asked == [missing]
-    assert json.loads((tmp_path / "cache" / f"{first.loc[0, 'caption_key']}.json").read_text())["clip_id"] == "c0"
+    assert store.read_json(cache_entry(first.loc[0, "caption_key"]))["clip_id"] == "c0"
+
+
+def test_a_clip_whose_video_cannot_be_fetched_fails_alone(tiny_model_path, clips, prompts, tmp_path):
+    def fetch(source_url: str, sha256: str) -> str:
+        if source_url.endswith("gone.mp4"):
+            raise ContentMismatchError(f"{source_url}: sha256 differs from the one recorded")
+        return source_url
+
+    frame = _clip_frame([clips[0], str(tmp_path / "gone.mp4")])
+    engine = CountingCaptioner(VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS))
+    rows = caption_clips(engine, frame, prompts, StateStore(str(tmp_path)), "baseline", video=fetch, log=_quiet)
+    assert engine.asked == [clips[0]]
+    assert rows.loc[0, "caption_error"] is None or pd.isna(rows.loc[0, "caption_error"])
+    assert rows.loc[1, "caption_error"].startswith("video not fetched:") and "gone.mp4" in rows.loc[1, "caption_error"]
+    assert len(_cached(tmp_path)) == 1
 
 
 def test_field_failures_count_missing_and_invalid_per_field():
@@ -200,7 +233,8 @@ def test_field_failures_count_missing_and_invalid_per_field():
 def test_a_cached_caption_still_names_the_run_that_computed_it(tiny_model_path, clips, prompts, tmp_path):
     engine = VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS)
     frame = _clip_frame(clips[:1])
-    first = caption_clips(engine, frame, prompts, tmp_path, "baseline", log=lambda _: None, run_id="run-1")
-    again = caption_clips(engine, frame, prompts, tmp_path, "baseline", log=lambda _: None, run_id="run-2")
+    store = StateStore(str(tmp_path))
+    first = caption_clips(engine, frame, prompts, store, "baseline", video=_in_place, log=_quiet, run_id="run-1")
+    again = caption_clips(engine, frame, prompts, store, "baseline", video=_in_place, log=_quiet, run_id="run-2")
     assert first["caption_run_id"].tolist() == ["run-1"] and not first["cached"].any()
     assert again["caption_run_id"].tolist() == ["run-1"] and again["cached"].all()

@@ -243,7 +243,6 @@ def test_clip_rows(mixed_batch, landing, cache_dir, clip_bytes):
         video = mixed_batch.dir / "videos" / f"{clip['clip_id']}{VIDEO_SUFFIX}"
         assert clip["batch"] == BATCH
         assert clip["source_url"] == str(video)
-        assert clip["local_path"] == str(video)
         assert (clip["width"], clip["height"]) == (SIZE, SIZE)
         assert clip["fps"] == pytest.approx(FPS)
         assert clip["num_frames"] == N_FRAMES

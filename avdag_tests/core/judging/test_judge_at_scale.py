@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from avdag.core.captioning.prompts import PromptSet
+from avdag.core.common.database import sqlite_url
 from avdag.core.judging.items import JudgeItem
 from avdag.core.judging.judges import OpenAIChatJudge
 from avdag.core.judging.score_captions import JudgeSpend, score_captions
@@ -256,7 +257,7 @@ def _score(judge, captions, cache, n=4, prompts=None):
 
 @pytest.fixture
 def cache(tmp_path) -> JudgeCache:
-    return JudgeCache(tmp_path / "cache" / "judge.sqlite")
+    return JudgeCache(sqlite_url(tmp_path / "cache" / "judge.sqlite"))
 
 
 def test_every_row_is_a_score_or_a_recorded_failure_and_spend_adds_up(cache) -> None:
@@ -379,9 +380,8 @@ def test_failed_and_unparseable_verdicts_are_not_cached(cache) -> None:
     assert frame["score"].notna().all()
 
 
-def test_cache_is_shared_by_threads_and_connections(tmp_path) -> None:
-    path = tmp_path / "judge.sqlite"
-    writers = [JudgeCache(path) for _ in range(4)]
+def test_cache_is_shared_by_threads_and_connections(db_url) -> None:
+    writers = [JudgeCache(db_url) for _ in range(4)]
 
     def write(n: int) -> None:
         for i in range(50):
@@ -392,7 +392,7 @@ def test_cache_is_shared_by_threads_and_connections(tmp_path) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    found = JudgeCache(path).lookup(f"{n}-{i}" for n in range(4) for i in range(50))
+    found = JudgeCache(db_url).lookup(f"{n}-{i}" for n in range(4) for i in range(50))
     assert len(found) == 200 and found["3-7"] == (3, "<answer>3</answer>")
 
 

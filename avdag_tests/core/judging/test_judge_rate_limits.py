@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from avdag.core.captioning.prompts import PromptSet
+from avdag.core.common.database import sqlite_url
 from avdag.core.judging.items import JudgeItem
 from avdag.core.judging.judges import JudgeVerdict, OpenAIChatJudge
 from avdag.core.judging.rate_limits import AimdWindow, RatePacer, TokenBucket, WaitBoundReached, parse_duration_s
@@ -232,7 +233,7 @@ def _score_one_clip(judge: OpenAIChatJudge, answers: dict[str, str], cache: Judg
 
 
 def test_repeats_give_the_median_and_spread_and_a_rerun_costs_nothing(tmp_path) -> None:
-    cache = JudgeCache(tmp_path / "judge.sqlite")
+    cache = JudgeCache(sqlite_url(tmp_path / "judge.sqlite"))
     answers = {"road_type": "road-0", "weather": "weather-0"}
     scripted = {"road-0": [2, 5, 3], "weather-0": [4, 4, 4]}
     replies = Replies(lambda answer, nth: f"<answer>{scripted[answer][nth - 1]}</answer>")
@@ -252,7 +253,7 @@ def test_repeats_give_the_median_and_spread_and_a_rerun_costs_nothing(tmp_path) 
 
 def test_repeat_zero_keeps_the_cache_key_of_a_single_ask(tmp_path) -> None:
     """A cache filled before repeats answers repeat 0: going from 1 to 3 repeats asks only 2 more per item."""
-    cache = JudgeCache(tmp_path / "judge.sqlite")
+    cache = JudgeCache(sqlite_url(tmp_path / "judge.sqlite"))
     items = _items(4)
     with OpenAIStubServer(Replies()) as server:
         scope = _judge(server).cache_scope

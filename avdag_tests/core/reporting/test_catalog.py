@@ -136,7 +136,7 @@ def inputs() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> tuple[Path, dict[str, int]]:
-    db = tmp_path_factory.mktemp("catalog") / "catalog.duckdb"
+    db = tmp_path_factory.mktemp("catalog") / "clips.parquet"
     return db, build_catalog(db, *inputs())
 
 
@@ -146,8 +146,8 @@ def db(built) -> Path:
 
 
 def table(db: Path) -> pd.DataFrame:
-    with duckdb.connect(str(db), read_only=True) as conn:
-        return conn.execute("SELECT * FROM clips").df().set_index("clip_id")
+    with duckdb.connect() as conn:
+        return conn.read_parquet(str(db)).df().set_index("clip_id")
 
 
 def ids(db: Path, query: str, **kwargs) -> set[str]:
@@ -217,7 +217,7 @@ def test_derived_flags(db):
 
 def test_empty_inputs_build_an_empty_but_searchable_catalog(tmp_path):
     clips, _, _ = inputs()
-    db = tmp_path / "catalog.duckdb"
+    db = tmp_path / "clips.parquet"
     counts = build_catalog(db, clips.head(2), pd.DataFrame(), pd.DataFrame())
     assert counts == {"clips": 2, "labelled": 2, "captioned_baseline": 0, "captioned_finetuned": 0}
     assert ids(db, "labelled -pedestrians") == {"day"}
@@ -313,8 +313,8 @@ def test_where_sql_is_anded_and_limit_and_order_apply(db):
 
 
 def test_missing_catalog_says_which_asset_to_materialize(tmp_path):
-    missing = tmp_path / "nope.duckdb"
-    with pytest.raises(FileNotFoundError, match=r"nope\.duckdb.*clip_catalog"):
+    missing = tmp_path / "nope.parquet"
+    with pytest.raises(FileNotFoundError, match=r"nope\.parquet.*clip_catalog"):
         search(missing, "night")
     with pytest.raises(FileNotFoundError, match="clip_catalog"):
         catalog_markdown(missing)
@@ -324,7 +324,7 @@ def test_missing_catalog_says_which_asset_to_materialize(tmp_path):
 
 
 def test_failed_build_leaves_the_old_catalog_intact_and_no_temp_files(tmp_path):
-    db = tmp_path / "catalog.duckdb"
+    db = tmp_path / "clips.parquet"
     clips, splits, captions = inputs()
     build_catalog(db, clips, splits, captions)
     before = db.read_bytes()
@@ -333,12 +333,12 @@ def test_failed_build_leaves_the_old_catalog_intact_and_no_temp_files(tmp_path):
     with pytest.raises(duckdb.Error):
         build_catalog(db, bad, splits, captions)
     assert db.read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == ["catalog.duckdb"]
+    assert sorted(os.listdir(tmp_path)) == ["clips.parquet"]
     assert len(ids(db, "")) == 6
 
 
 def test_replace_happens_only_after_the_new_file_is_complete(tmp_path, monkeypatch):
-    db = tmp_path / "catalog.duckdb"
+    db = tmp_path / "clips.parquet"
     clips, splits, captions = inputs()
     build_catalog(db, clips, splits, captions)
     real_counts = catalog_module._counts
@@ -352,7 +352,7 @@ def test_replace_happens_only_after_the_new_file_is_complete(tmp_path, monkeypat
     monkeypatch.setattr(catalog_module, "_counts", counts_then_check)
     counts = build_catalog(db, clips[clips["clip_id"] != "bare"], splits, captions)
     assert counts["clips"] == 5 and len(ids(db, "")) == 5
-    assert sorted(os.listdir(tmp_path)) == ["catalog.duckdb"]
+    assert sorted(os.listdir(tmp_path)) == ["clips.parquet"]
 
 
 def test_catalog_markdown_shows_counts_breakdowns_and_rows(db):

@@ -13,7 +13,7 @@ import hashlib
 import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,7 @@ from avdag.core.captioning.model import CaptionOutput, GenerationSettings
 from avdag.core.captioning.prompts import load_prompt_set
 from avdag.core.common.labels import WEATHER, format_label_as_answer
 from avdag.core.common.model_identity import model_fingerprint
+from avdag.core.common.state_store import StateStore, storage_options
 from avdag.core.ingest.splits import assign_splits
 from avdag.core.ingest.upload_batch import CLIP_COLUMNS
 from avdag.core.judging.judges import JudgeVerdict
@@ -62,7 +63,6 @@ def _ingest(home: Path, batch: str, *, content: str = "") -> pd.DataFrame:
             "clip_id": clip_id,
             "batch": batch,
             "source_url": f"s3://landing/{batch}/videos/{clip_id}.camera_front_wide_120fov.mp4",
-            "local_path": f"/clips/{clip_id}.mp4",
             "label_url": f"s3://landing/{batch}/metas/{clip_id}.label.json",
             "duration_s": 8.0,
             "fps": 30.0,
@@ -102,6 +102,7 @@ def _train(home: Path, steps: int, train_clips: int, final_loss: float) -> dict:
         "examples": examples,
     }
     (folder / "avdag_training.json").write_text(json.dumps(record, indent=2))
+    StateStore(str(home)).put_folder(folder, f"checkpoints/{folder.name}")  # complete: its marker written last
     info = {
         "path": str(folder),
         "checkpoint_id": checkpoint_id,
@@ -132,11 +133,22 @@ class _Captioner:
             yield i, CaptionOutput(format_label_as_answer(label), 10, 20, 30, 0.1)
 
 
+def _video(source_url: str, sha256: str) -> str:
+    """Where a fetch would put the clip on this node (the stand-in captioner reads only the name)."""
+    return f"/scratch/{PurePosixPath(source_url).name.split('.')[0]}.mp4"
+
+
+def _lineage(home: Path, *args, **kwargs):
+    """`score_lineage` on the state store at `home`, fetching into a scratch folder beside it."""
+    return score_lineage(StateStore(str(home)), home.parent / "scratch", *args, **kwargs)
+
+
 def _caption(home: Path, clips: pd.DataFrame, checkpoint: dict, run_id: str, wrong_weather: bool = False):
     labels = {c.clip_id: json.loads(c.label_json) for c in clips.itertuples()}
     captioner = _Captioner(checkpoint["path"], checkpoint["weights_hash"], labels, wrong_weather)
-    cache = home / "cache" / "captions"
-    frame = caption_clips(captioner, clips, PROMPTS, cache, "finetuned", log=_quiet, run_id=run_id)
+    frame = caption_clips(
+        captioner, clips, PROMPTS, StateStore(str(home)), "finetuned", video=_video, log=_quiet, run_id=run_id
+    )
     _write_table(home, "finetuned_captions", clips["batch"].iloc[0], frame)
     return frame
 
@@ -179,7 +191,7 @@ def scenario(tmp_path) -> _Scenario:
 
 def test_after_a_retrain_and_a_recaption_the_chain_is_the_one_the_score_was_made_from(scenario):
     row = scenario.row
-    lineage = score_lineage(scenario.home, "clip-1", "weather")
+    lineage = _lineage(scenario.home, "clip-1", "weather")
     checkpoint, caption = lineage.sections["checkpoint"], lineage.sections["caption"]
     assert checkpoint["checkpoint_id"] == scenario.demo["checkpoint_id"] != scenario.retrain["checkpoint_id"]
     assert checkpoint["weights_hash"] == row["model_hash"] == scenario.demo["weights_hash"]
@@ -200,7 +212,7 @@ def test_after_a_retrain_and_a_recaption_the_chain_is_the_one_the_score_was_made
 def test_a_checkpoint_folder_overwritten_since_the_score_is_shown_as_a_mismatch(scenario):
     weights = Path(scenario.demo["path"]) / "model.safetensors"
     save_file({"w": np.zeros(4, dtype=np.float32)}, str(weights))
-    lineage = score_lineage(scenario.home, "clip-1", "weather")
+    lineage = _lineage(scenario.home, "clip-1", "weather")
     check = lineage.sections["checkpoint"]["check"]
     assert check.startswith("MISMATCH") and scenario.row["model_hash"] in check and "overwritten" in check
     assert lineage.mismatched == ["checkpoint"]
@@ -209,7 +221,7 @@ def test_a_checkpoint_folder_overwritten_since_the_score_is_shown_as_a_mismatch(
 
 def test_a_batch_re_ingested_since_the_score_is_shown_as_a_mismatch(scenario):
     _ingest(scenario.home, "batch-a", content="other footage")
-    lineage = score_lineage(scenario.home, "clip-1", "weather")
+    lineage = _lineage(scenario.home, "clip-1", "weather")
     assert lineage.mismatched == ["upload", "split"]
     assert scenario.row["clip_sha256"] in lineage.sections["upload"]["check"]
     assert "re-ingested" in lineage.sections["upload"]["check"]
@@ -222,11 +234,11 @@ def test_the_judged_caption_is_found_by_its_key_in_the_cache_or_the_table(tmp_pa
     scores = _score(home, clips, _caption(home, clips, demo, "caption-run-1"), "score-run-1")
     key = scores.set_index("clip_id").loc["clip-1", "caption_key"].iloc[0]
     (home / "cache" / "captions" / f"{key}.json").unlink()
-    caption = score_lineage(home, "clip-1", "weather").sections["caption"]
+    caption = _lineage(home, "clip-1", "weather").sections["caption"]
     assert caption["check"] == MATCHES and caption["found_in"].endswith("batch-a.parquet")
     assert caption["now_in_table"] == "this caption"
     _caption(home, clips, _train(home, steps=60, train_clips=103, final_loss=2.03), "caption-run-2", True)
-    caption = score_lineage(home, "clip-1", "weather").sections["caption"]
+    caption = _lineage(home, "clip-1", "weather").sections["caption"]
     assert caption["check"].startswith(f"MISMATCH: no caption with key {key}")
 
 
@@ -234,15 +246,15 @@ def test_a_clip_id_scored_in_two_batches_needs_the_batch(scenario):
     other = _ingest(scenario.home, "batch-b")
     _score(scenario.home, other, _caption(scenario.home, other, scenario.retrain, "caption-run-3"), "score-run-3")
     with pytest.raises(LineageError, match="2 batches: batch-a, batch-b; name one with --batch"):
-        score_lineage(scenario.home, "clip-1", "weather")
-    lineage = score_lineage(scenario.home, "clip-1", "weather", batch="batch-b")
+        _lineage(scenario.home, "clip-1", "weather")
+    lineage = _lineage(scenario.home, "clip-1", "weather", batch="batch-b")
     assert lineage.batch == "batch-b" and lineage.mismatched == []
     assert lineage.sections["upload"]["sha256"] == other.set_index("clip_id").loc["clip-1", "sha256"]
     assert lineage.sections["checkpoint"]["checkpoint_id"] == scenario.retrain["checkpoint_id"]
-    demo = score_lineage(scenario.home, "clip-1", "weather", batch="batch-a")
+    demo = _lineage(scenario.home, "clip-1", "weather", batch="batch-a")
     assert demo.sections["checkpoint"]["checkpoint_id"] == scenario.demo["checkpoint_id"]
     with pytest.raises(LineageError, match="in batch 'batch-c'; it was scored in: batch-a, batch-b"):
-        score_lineage(scenario.home, "clip-1", "weather", batch="batch-c")
+        _lineage(scenario.home, "clip-1", "weather", batch="batch-c")
 
 
 def test_cli_lineage_takes_a_batch_and_warns_about_a_mismatch(scenario, monkeypatch, capsys):
@@ -261,3 +273,19 @@ def test_cli_lineage_takes_a_batch_and_warns_about_a_mismatch(scenario, monkeypa
     assert main(["lineage", "clip-1", "weather", "--batch", "batch-a"]) == 0
     out, err = capsys.readouterr()
     assert "[upload] MISMATCH" in out and "differs from what the score recorded: upload, split" in err
+
+
+def test_lineage_reads_the_state_store_on_s3_from_a_machine_without_the_files(scenario, s3, tmp_path):
+    """The same chain from the store's copy on S3, with nothing of it on this machine's disk."""
+    s3.make_bucket("lineage-state")
+    s3.upload_dir(scenario.home, "lineage-state/avdag", markers=True)
+    url = "s3://lineage-state/avdag"
+    store = StateStore(url, storage_options(url, s3.endpoint_url))
+    fresh_scratch = tmp_path / "elsewhere" / "scratch"
+    lineage = score_lineage(store, fresh_scratch, "clip-1", "weather", batch="batch-a")
+    checkpoint, caption = lineage.sections["checkpoint"], lineage.sections["caption"]
+    assert lineage.mismatched == [] and checkpoint["checkpoint_id"] == scenario.demo["checkpoint_id"]
+    assert checkpoint["weights_hash"] == scenario.row["model_hash"]
+    assert caption["found_in"] == f"{url}/cache/captions/{scenario.row['caption_key']}.json"
+    assert checkpoint["path"] == f"{url}/checkpoints/sft-{scenario.demo['checkpoint_id']}"
+    assert list(fresh_scratch.rglob("model.safetensors"))  # fetched into this machine's scratch to be hashed

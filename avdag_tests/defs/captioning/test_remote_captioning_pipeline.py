@@ -6,6 +6,7 @@ import re
 import dagster as dg
 import pytest
 
+from avdag.core.common.database import sqlite_url
 from avdag.core.common.labels import format_label_as_answer
 from avdag.defs.pipeline.partitions import clip_batches
 from avdag.demo.sample_batch import REAL_CLIP_DIR, write_sample_batch
@@ -30,7 +31,9 @@ def _materialize(landing, server, instance):
         model="nvidia/Cosmos-Reason1-7B", base_urls=[server.base_url], max_in_flight=2
     )
     resources = small_resources(
-        str(landing), clip_registry=ClipRegistryResource(path=str(landing / "_reg.sqlite")), captioner=captioner
+        str(landing),
+        clip_registry=ClipRegistryResource(db_url=sqlite_url(landing / "_reg.sqlite")),
+        captioner=captioner,
     )
     return dg.materialize(
         ALL_ASSETS,

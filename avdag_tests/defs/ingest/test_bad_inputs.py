@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from avdag.core.common.database import sqlite_url
 from avdag.core.ingest.landing import LABEL_SUFFIX, READY_MARKER, VIDEO_SUFFIX, LandingZone
 from avdag.core.ingest.registry import ClipRegistry
 from avdag.core.ingest.upload_batch import BatchOnlyRegistry, IngestLimits, ingest_batch
@@ -159,13 +160,13 @@ def test_local_every_file_accounted_once(corpus, tmp_path):
         zone.list_batch(BATCH),
         tmp_path / "cache",
         limits=corpus.limits,
-        registry=ClipRegistry(tmp_path / "reg.sqlite"),
+        registry=ClipRegistry(sqlite_url(tmp_path / "reg.sqlite")),
     )
     prefix = f"{zone.root}/{BATCH}/"
     assert_accounted(corpus, corpus.reasons, clips, quarantine, prefix)
     assert_rows(corpus, clips, prefix)
-    # A local zone decodes files in place: nothing is copied into the cache.
-    assert all(row["local_path"] == row["source_url"] for row in clips)
+    # A local zone decodes files in place: nothing is copied into the cache, and no row names a local copy.
+    assert all("local_path" not in row for row in clips)
     assert not (tmp_path / "cache").exists() or not files_under(tmp_path / "cache")
 
 
@@ -176,7 +177,7 @@ def test_cross_batch_duplicate_is_quarantined_and_reingest_is_idempotent(corpus,
     second = "batch-2024_02"
     expected_second = build_duplicate_batch(root / second, source, "renamed_upload")
     zone = LandingZone(str(root))
-    registry = ClipRegistry(tmp_path / "reg.sqlite")
+    registry = ClipRegistry(sqlite_url(tmp_path / "reg.sqlite"))
 
     def run(batch, **kw):
         return ingest_batch(zone, zone.list_batch(batch), tmp_path / "cache", registry=registry, **kw)
@@ -238,21 +239,20 @@ def test_s3_every_file_accounted_once_and_nothing_escapes(s3, corpus, s3_corpus,
     zone = s3_zone(s3, f"{BUCKET}/landing")
     assert zone.list_batches() == [BATCH]
     assert zone.marker_signature(BATCH) is not None
-    clips, quarantine = ingest_batch(
-        zone, zone.list_batch(BATCH), cache, limits=corpus.limits, registry=ClipRegistry(work / "reg.sqlite")
-    )
+    registry = ClipRegistry(sqlite_url(work / "reg.sqlite"))
+    clips, quarantine = ingest_batch(zone, zone.list_batch(BATCH), cache, limits=corpus.limits, registry=registry)
     prefix = f"s3://{BUCKET}/landing/{BATCH}/"
     assert_accounted(expected, reasons, clips, quarantine, prefix)
     assert_rows(corpus, clips, prefix)
 
-    # Local copies live under the cache, hold the object's bytes, and nothing else was written.
+    # The probed copies live under the cache, hold the objects' bytes, and nothing else was written.
+    copies = {hashlib.sha256(path.read_bytes()).hexdigest() for path in files_under(cache)}
     for row in clips:
-        local = Path(row["local_path"])
-        assert local.resolve().is_relative_to(cache.resolve()), local
-        assert hashlib.sha256(local.read_bytes()).hexdigest() == row["sha256"]
-        assert local.read_bytes() == s3.fs().cat_file(row["source_url"].removeprefix("s3://"))
+        assert "local_path" not in row  # a row names its video by source URL and sha256 only
+        assert row["sha256"] in copies
+        assert hashlib.sha256(s3.fs().cat_file(row["source_url"].removeprefix("s3://"))).hexdigest() == row["sha256"]
     stray = {p for p in files_under(tmp_path) if not p.resolve().is_relative_to(cache.resolve())}
-    assert {p.name for p in stray} <= {"reg.sqlite", "reg.sqlite-journal"}, stray
+    assert {p.name for p in stray} <= {"reg.sqlite", "reg.sqlite-wal", "reg.sqlite-shm"}, stray
     assert not any("escape" in p.name for p in files_under(tmp_path))
     assert not Path(f"/tmp/escape_abs{VIDEO_SUFFIX}").exists()
     # Only the videos that got as far as decoding were downloaded (layout, name and size checks come first).

@@ -6,26 +6,27 @@ import json
 import dagster as dg
 import pytest
 
+from avdag.core.common.database import sqlite_url
 from avdag.defs.ingest.landing_sensor import landing_zone_sensor
 from avdag.defs.pipeline.partitions import clip_batches
 from avdag.demo.sample_batch import REAL_CLIP_ID, write_sample_batch
 from avdag.resources.io_managers import JsonIOManager, ParquetIOManager
 from avdag.resources.registry import ClipRegistryResource
-from avdag.resources.storage import ArtifactStoreResource, LandingZoneResource
-from avdag_tests.support.pipeline_helpers import ALL_ASSETS, small_resources, small_run_config
+from avdag.resources.storage import LandingZoneResource
+from avdag_tests.support.pipeline_helpers import ALL_ASSETS, small_resources, small_run_config, state_with_tiny_model
 
 BUCKET = "fleet-uploads"
 LANDING = f"s3://{BUCKET}/landing"
 
 
 @pytest.fixture(scope="module")
-def own_state(tmp_path_factory):
-    """This module's own dedup registry, asset files and artifacts: other test modules ingest the same
+def own_state(tmp_path_factory, tiny_model_path, s3):
+    """This module's own dedup registry, asset files and state store: other test modules ingest the same
     sample footage (the same clip ids), and a second copy of a clip's scores would break their lineage."""
     root = tmp_path_factory.mktemp("s3_flow_home")
     return {
-        "clip_registry": ClipRegistryResource(path=str(root / "registry.sqlite")),
-        "artifacts": ArtifactStoreResource(root=str(root)),
+        "clip_registry": ClipRegistryResource(db_url=sqlite_url(root / "registry.sqlite")),
+        "state": state_with_tiny_model(str(root), tiny_model_path, s3.endpoint_url),  # the endpoint reads the clips
         "parquet_io": ParquetIOManager(base_dir=str(root / "assets")),
         "json_io": JsonIOManager(base_dir=str(root / "assets")),
     }

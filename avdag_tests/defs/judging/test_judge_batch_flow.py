@@ -9,6 +9,7 @@ import json
 import dagster as dg
 import pytest
 
+from avdag.core.common.database import sqlite_url
 from avdag.core.common.labels import format_label_as_answer
 from avdag.defs.judging.batch_api_sensor import batch_api_judge_sensor
 from avdag.defs.pipeline.partitions import clip_batches
@@ -50,7 +51,7 @@ def test_batch_scoring_is_submitted_then_collected_by_the_run_the_sensor_request
         captioner = OpenAIVlmCaptionerResource(model="nvidia/Cosmos-Reason1-7B", base_urls=[vlm.base_url])
         resources = small_resources(
             str(landing),
-            clip_registry=ClipRegistryResource(path=str(tmp_path / "reg.sqlite")),
+            clip_registry=ClipRegistryResource(db_url=sqlite_url(tmp_path / "reg.sqlite")),
             captioner=captioner,
             judge=judge,
         )

@@ -5,6 +5,7 @@ stand-in runs; a judge that always says 5, or scores by answer length, fails and
 import dagster as dg
 import pytest
 
+from avdag.core.common.database import sqlite_url
 from avdag.core.judging.judges import JudgeVerdict
 from avdag.definitions import defs
 from avdag.defs.judging.judge_calibration import judge_calibration, judge_separates_answers
@@ -68,7 +69,7 @@ def ingested(tmp_path_factory):
     write_sample_batch(root, BATCH, n_synthetic=3, seed=0)
     resources = small_resources(
         str(root),
-        clip_registry=ClipRegistryResource(path=str(root / "_registry.sqlite")),
+        clip_registry=ClipRegistryResource(db_url=sqlite_url(root / "_registry.sqlite")),
         parquet_io=ParquetIOManager(base_dir=str(root / "assets")),
         json_io=JsonIOManager(base_dir=str(root / "json")),
     )
@@ -131,7 +132,7 @@ def test_an_llm_judge_that_always_says_5_fails_and_blocks_and_a_rerun_is_free(in
             base_url=server.base_url,
             max_retries=0,
             max_in_flight=4,  # the stub's listen backlog is small: a refused connection would be a failed item
-            cache_path=str(tmp_path / "judge.sqlite"),
+            db_url=sqlite_url(tmp_path / "judge.sqlite"),
         )
         record, evaluation, downstream_ran = _calibrate(ingested, judge)
         asked = len(server.requests)

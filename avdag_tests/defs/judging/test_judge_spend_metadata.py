@@ -20,6 +20,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from avdag.core.common.database import sqlite_url
 from avdag.core.common.labels import WEATHER, format_label_as_answer
 from avdag.core.ingest.splits import split_for
 from avdag.core.judging.items import format_judge_prompt
@@ -30,10 +31,15 @@ from avdag.resources.io_managers import JsonIOManager, ParquetIOManager
 from avdag.resources.judge import OfflineJudgeResource, OpenAIJudgeResource
 from avdag.resources.registry import ClipRegistryResource
 from avdag.resources.remote_captioner import OpenAIVlmCaptionerResource
-from avdag.resources.storage import ArtifactStoreResource
 from avdag.resources.trainer import EmbeddedTrainerResource
 from avdag_tests.support.openai_stub_server import OpenAIStubServer, StubReply, chat_completion_body
-from avdag_tests.support.pipeline_helpers import ALL_ASSETS, EVAL_FRACTION, small_resources, small_run_config
+from avdag_tests.support.pipeline_helpers import (
+    ALL_ASSETS,
+    EVAL_FRACTION,
+    small_resources,
+    small_run_config,
+    state_with_tiny_model,
+)
 
 BATCH = "batch-judge-spend"
 SEED = 5  # with 3 synthetic clips: two eval clips, two train clips
@@ -132,8 +138,8 @@ def spend(tmp_path_factory, tiny_model_path):
         instance.add_dynamic_partitions(clip_batches.name, [BATCH])
         resources = small_resources(
             str(root / "landing"),
-            clip_registry=ClipRegistryResource(path=str(root / "registry.sqlite")),
-            artifacts=ArtifactStoreResource(root=str(root / "artifacts")),
+            clip_registry=ClipRegistryResource(db_url=sqlite_url(root / "registry.sqlite")),
+            state=state_with_tiny_model(str(root / "state"), tiny_model_path),
             parquet_io=ParquetIOManager(base_dir=str(root / "assets")),
             json_io=JsonIOManager(base_dir=str(root / "assets")),
             captioner=OpenAIVlmCaptionerResource(
@@ -144,7 +150,7 @@ def spend(tmp_path_factory, tiny_model_path):
             ),
             trainer=EmbeddedTrainerResource(steps=1, batch_size=1, warmup_steps=0),
             judge=OpenAIJudgeResource(
-                api_key="test", base_url=judge_server.base_url, cache_path=str(root / "judge.sqlite")
+                api_key="test", base_url=judge_server.base_url, db_url=sqlite_url(root / "judge.sqlite")
             ),
         )
 

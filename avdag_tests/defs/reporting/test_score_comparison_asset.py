@@ -16,7 +16,7 @@ from avdag.defs.pipeline.partitions import clip_batches
 from avdag.resources.captioner import CaptionerResource
 from avdag.resources.io_managers import JsonIOManager, ParquetIOManager
 from avdag.resources.judge import JudgeResource
-from avdag.resources.storage import ArtifactStoreResource
+from avdag.resources.storage import StateStoreResource
 
 BATCH = "b1"
 WEIGHTS = "ft-weights"
@@ -132,7 +132,7 @@ def _materialize_comparison(root, calibration: dict, **kwargs):
         parquet_io=ParquetIOManager(base_dir=str(root / "assets")),
         json_io=JsonIOManager(base_dir=str(root / "assets")),
         judge=ExactJudgeResource(),
-        artifacts=ArtifactStoreResource(root=str(root / "home")),
+        state=StateStoreResource(url=str(root / "home")),
     )
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(clip_batches.name, [BATCH])
@@ -162,13 +162,15 @@ def test_the_report_carries_the_judge_calibration(materialized):
 
 def test_a_judge_that_failed_calibration_publishes_no_comparison(materialized):
     """A run that selects only score_comparison (the Batch API sensor's) is not stopped by the blocking check."""
+    from avdag.core.common.state_store import StateStore
     from avdag.core.reporting.published import latest_report
 
     _, _, root = materialized
-    before = latest_report(root / "home" / "reports").json
+    store = StateStore(str(root / "home"))
+    before = latest_report(store).json
     try:
         result = _materialize_comparison(root, _calibration(passed=False), raise_on_error=False)
-        after = latest_report(root / "home" / "reports").json
+        after = latest_report(store).json
     finally:
         _materialize_comparison(root, _calibration(passed=True))  # leave the module's files as they were
     assert not result.success
@@ -203,7 +205,7 @@ def test_the_cli_prints_the_warning_the_constant_and_the_caption_quality(materia
     from avdag import cli
 
     _, _, root = materialized
-    monkeypatch.setattr(cli, "avdag_home", lambda: root / "home")
+    monkeypatch.setenv("AVDAG_STATE_URL", str(root / "home"))
     cli._print_report()
     out = capsys.readouterr().out
     assert "WARNING: small sample: 8 eval clip(s)" in out

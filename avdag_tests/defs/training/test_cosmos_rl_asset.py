@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from avdag.core.common.database import sqlite_url
 from avdag.defs.pipeline.partitions import clip_batches
 from avdag.demo.sample_batch import write_sample_batch
 from avdag.resources.captioner import CaptionerResource
@@ -49,7 +50,7 @@ def test_sft_checkpoint_trains_through_the_cosmos_rl_launcher(landing, tiny_mode
         )
         resources = small_resources(
             str(landing),
-            clip_registry=ClipRegistryResource(path=str(landing / "_reg.sqlite")),
+            clip_registry=ClipRegistryResource(db_url=sqlite_url(landing / "_reg.sqlite")),
             trainer=trainer,
             captioner=CaptionerResource(model=tiny_model_path, max_new_tokens=48),
         )
