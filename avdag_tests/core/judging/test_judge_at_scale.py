@@ -21,6 +21,7 @@ from avdag.core.judging.items import JudgeItem
 from avdag.core.judging.judges import OpenAIChatJudge
 from avdag.core.judging.score_captions import JudgeSpend, score_captions
 from avdag.core.judging.verdict_cache import JudgeCache
+from avdag_tests.support.judge_replies import CountedReplies, score_for
 from avdag_tests.support.openai_stub_server import OpenAIStubServer, StubReply
 
 SYSTEM_PROMPT = "You are a helpful assistant who has been tasked with evaluating the reponses."
@@ -35,25 +36,10 @@ def _answer_in(request: dict[str, Any]) -> str:
     return _MODEL_ANSWER.search(user).group(1)
 
 
-def _score_for(answer: str) -> int:
-    """A deterministic score per item, so a verdict landing on the wrong item shows."""
-    return sum(map(ord, answer)) % 5 + 1
-
-
-class ScriptedReplies:
+class ScriptedReplies(CountedReplies):
     """reply_fn: counts requests per item; an item's reply may depend on how often it was asked."""
 
-    def __init__(self, script=None) -> None:
-        self.script = script or (lambda answer, nth: f"Fine. <answer>{_score_for(answer)}</answer>")
-        self.asked: collections.Counter[str] = collections.Counter()
-        self._lock = threading.Lock()
-
-    def __call__(self, request: dict[str, Any]) -> str | StubReply:
-        answer = _answer_in(request)
-        with self._lock:
-            self.asked[answer] += 1
-            nth = self.asked[answer]
-        return self.script(answer, nth)
+    answer_in = staticmethod(_answer_in)
 
 
 def _judge(server: OpenAIStubServer, **overrides: Any) -> OpenAIChatJudge:
@@ -78,7 +64,7 @@ def _assert_scored_in_order(verdicts, answers: list[str]) -> None:
     assert len(verdicts) == len(answers)
     for verdict, answer in zip(verdicts, answers):
         assert verdict.error is None, (answer, verdict.error)
-        assert verdict.score == _score_for(answer), answer
+        assert verdict.score == score_for(answer), answer
 
 
 # --------------------------------------------------------------------------- concurrency and retries
@@ -87,7 +73,7 @@ def _assert_scored_in_order(verdicts, answers: list[str]) -> None:
 def test_calls_overlap_up_to_max_in_flight_and_keep_item_order() -> None:
     answers = [f"ok-{n}" for n in range(40)]
     replies = ScriptedReplies(
-        lambda answer, nth: StubReply(content=f"<answer>{_score_for(answer)}</answer>", delay_s=0.05)
+        lambda answer, nth: StubReply(content=f"<answer>{score_for(answer)}</answer>", delay_s=0.05)
     )
     with OpenAIStubServer(replies) as server:
         verdicts = _judge(server, max_in_flight=4).judge(_items(answers))
@@ -102,7 +88,7 @@ def test_429_honours_retry_after_and_every_item_ends_scored() -> None:
         if nth == 1:  # every item is rate-limited once; half say Retry-After: 0, half retry-after-ms
             headers = {"retry-after": "0"} if answer.endswith(("0", "2", "4", "6", "8")) else FAST_RETRY
             return StubReply(status=429, content="slow down", headers=headers)
-        return f"<answer>{_score_for(answer)}</answer>"
+        return f"<answer>{score_for(answer)}</answer>"
 
     answers = [f"ok-{n}" for n in range(30)]
     replies = ScriptedReplies(script)
@@ -120,7 +106,7 @@ def test_retry_waits_as_long_as_the_server_asks() -> None:
         if nth == 1:
             headers = {"retry-after-ms": "400"} if answer == "patient" else {"retry-after": "0"}
             return StubReply(status=429, content="slow down", headers=headers)
-        return f"<answer>{_score_for(answer)}</answer>"
+        return f"<answer>{score_for(answer)}</answer>"
 
     def gap(server: OpenAIStubServer, answer: str) -> float:
         first, second = [t for r, t in zip(server.requests, server.request_times) if _answer_in(r) == answer]
@@ -136,7 +122,7 @@ def test_500_is_retried_and_a_permanent_500_fails_alone() -> None:
     def script(answer: str, nth: int) -> str | StubReply:
         if answer == "BROKEN" or (answer == "FLAKY" and nth == 1):
             return StubReply(status=500, content="boom", headers=FAST_RETRY)
-        return f"<answer>{_score_for(answer)}</answer>"
+        return f"<answer>{score_for(answer)}</answer>"
 
     answers = ["ok-1", "FLAKY", "BROKEN", "ok-2"]
     replies = ScriptedReplies(script)
@@ -160,7 +146,7 @@ def test_client_errors_are_not_retried() -> None:
 def test_timeouts_are_retried_then_recorded() -> None:
     def script(answer: str, nth: int) -> StubReply:
         slow = answer == "ALWAYS-SLOW" or (answer == "SLOW-ONCE" and nth == 1)
-        return StubReply(content=f"<answer>{_score_for(answer)}</answer>", delay_s=1.0 if slow else 0.0)
+        return StubReply(content=f"<answer>{score_for(answer)}</answer>", delay_s=1.0 if slow else 0.0)
 
     answers = ["SLOW-ONCE", "ALWAYS-SLOW", "ok"]
     replies = ScriptedReplies(script)
@@ -276,7 +262,7 @@ def test_every_row_is_a_score_or_a_recorded_failure_and_spend_adds_up(cache) -> 
             return "Perfect. <answer>9</answer>"
         if nth == 1 and answer.startswith("road"):
             return StubReply(status=429, content="slow", headers=FAST_RETRY)
-        return f"<answer>{_score_for(answer)}</answer>"
+        return f"<answer>{score_for(answer)}</answer>"
 
     with OpenAIStubServer(ScriptedReplies(script)) as server:
         frame, spend = _score(_judge(server, max_retries=1), _captions(answers), cache)
@@ -329,7 +315,7 @@ def test_finetuned_unchanged_answers_reuse_baseline_verdicts(cache) -> None:
     assert spend.calls == 1 and spend.cache_hits == 11
     assert replies.asked["weather-2-better"] == 1 and len(server.requests) == 13
     changed = frame[frame["model_answer"] == '"weather-2-better"']
-    assert changed["cached"].tolist() == [False] and changed["score"].tolist() == [_score_for("weather-2-better")]
+    assert changed["cached"].tolist() == [False] and changed["score"].tolist() == [score_for("weather-2-better")]
 
 
 def test_identical_items_in_one_batch_are_asked_once(cache) -> None:
@@ -368,7 +354,7 @@ def test_failed_and_unparseable_verdicts_are_not_cached(cache) -> None:
             return StubReply(status=500, content="boom")
         if not healthy.is_set() and answer == "weather-0":
             return "no digit here"
-        return f"<answer>{_score_for(answer)}</answer>"
+        return f"<answer>{score_for(answer)}</answer>"
 
     captions = _captions(_answers(2))
     with OpenAIStubServer(ScriptedReplies(script)) as server:

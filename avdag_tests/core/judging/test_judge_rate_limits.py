@@ -8,13 +8,11 @@ requests may be wasted on 429s.
 
 from __future__ import annotations
 
-import collections
 import json
 import math
 import re
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -36,6 +34,7 @@ from avdag.core.judging.score_captions import (
 from avdag.core.judging.verdict_cache import JudgeCache, judge_cache_key
 from avdag.resources.judge import OpenAIJudgeResource
 from avdag.settings import Settings, SettingsError
+from avdag_tests.support.judge_replies import CountedReplies, score_for
 from avdag_tests.support.openai_stub_server import OpenAIStubServer, StubReply, openai_duration
 
 SYSTEM_PROMPT = "You are a helpful assistant who has been tasked with evaluating the reponses."
@@ -49,24 +48,10 @@ def _answer_in(request: dict[str, Any]) -> str:
     return re.search(r"\nModel: (.*)$", request["messages"][1]["content"], re.DOTALL).group(1)
 
 
-def _score_for(answer: str) -> int:
-    return sum(map(ord, answer)) % 5 + 1
-
-
-class Replies:
+class Replies(CountedReplies):
     """reply_fn: `script(answer, nth)` answers the n-th ask of an item; asks are counted per item."""
 
-    def __init__(self, script: Callable[[str, int], str | StubReply] | None = None) -> None:
-        self.script = script or (lambda answer, nth: f"Fine. <answer>{_score_for(answer)}</answer>")
-        self.asked: collections.Counter[str] = collections.Counter()
-        self._lock = threading.Lock()
-
-    def __call__(self, request: dict[str, Any]) -> str | StubReply:
-        answer = _answer_in(request)
-        with self._lock:
-            self.asked[answer] += 1
-            nth = self.asked[answer]
-        return self.script(answer, nth)
+    answer_in = staticmethod(_answer_in)
 
 
 def _judge(server: OpenAIStubServer, **overrides: Any) -> OpenAIChatJudge:
@@ -88,7 +73,7 @@ def _items(n: int, tag: str = "ok") -> list[JudgeItem]:
 
 def _assert_all_scored(verdicts: list[JudgeVerdict], items: list[JudgeItem]) -> None:
     assert [v.error for v in verdicts if v.error] == []
-    assert [v.score for v in verdicts] == [_score_for(item.model_answer) for item in items]
+    assert [v.score for v in verdicts] == [score_for(item.model_answer) for item in items]
 
 
 def _assert_few_wasted(server: OpenAIStubServer, verdicts: list[JudgeVerdict]) -> None:
@@ -145,7 +130,7 @@ def test_retry_after_is_waited_out_without_using_up_retries() -> None:
             if now - refused_at[answer] < 1:
                 early.append(answer)
                 return StubReply(status=429, content="too early", headers={"retry-after": "1"})
-        return f"<answer>{_score_for(answer)}</answer>"
+        return f"<answer>{score_for(answer)}</answer>"
 
     items = _items(6)
     with OpenAIStubServer(reply_fn) as server:
@@ -185,14 +170,14 @@ def test_a_reply_without_score_is_asked_once_more_then_recorded_as_a_parse_failu
             return "The answers mostly agree."
         if answer == "OUT-OF-RANGE":
             return "<answer>9</answer>"
-        return f"<answer>{_score_for(answer)}</answer>"
+        return f"<answer>{score_for(answer)}</answer>"
 
     answers = ["FORGETFUL", "HOPELESS", "OUT-OF-RANGE", "ok"]
     replies = Replies(script)
     with OpenAIStubServer(replies) as server:
         judged = judge_items(_judge(server), [JudgeItem("road_type", "Q?", "Highway", a) for a in answers], None)
     assert [reply_outcome(j.verdict) for j in judged] == ["scored", "parse_failure", "out_of_range", "scored"]
-    assert judged[0].verdict.score == _score_for("FORGETFUL")
+    assert judged[0].verdict.score == score_for("FORGETFUL")
     assert replies.asked == {"FORGETFUL": 2, "HOPELESS": 2, "OUT-OF-RANGE": 1, "ok": 1}
     spend = spend_of(judged)
     assert (spend.calls, spend.parse_failures, spend.out_of_range) == (6, 1, 1) == (len(server.requests), 1, 1)
@@ -262,7 +247,7 @@ def test_repeat_zero_keeps_the_cache_key_of_a_single_ask(tmp_path) -> None:
         judge_items(_judge(server), items, cache)
         judged = judge_items(_judge(server, repeats=3), items, cache)
     assert len(server.requests) == 4 + 4 * 2
-    assert [j.repeat_scores for j in judged] == [(_score_for(i.model_answer),) * 3 for i in items]
+    assert [j.repeat_scores for j in judged] == [(score_for(i.model_answer),) * 3 for i in items]
 
 
 def test_median_of_an_even_count_is_the_lower_one_and_a_failed_repeat_leaves_no_score() -> None:
