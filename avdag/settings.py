@@ -43,6 +43,7 @@ class Settings:
 
     home: Path
     state_url: str
+    state_is_shared: bool
     db_url: str
     landing_url: str
     s3_endpoint_url: str | None
@@ -86,6 +87,7 @@ class Settings:
         return cls(
             home=home,
             state_url=_state_url(env.text("AVDAG_STATE_URL"), home),
+            state_is_shared=env.flag("AVDAG_STATE_IS_SHARED"),
             db_url=_db_url(env.text("AVDAG_DB_URL"), home),
             landing_url=env.text("AVDAG_LANDING_URL") or str(home / "landing"),
             s3_endpoint_url=env.text("AVDAG_S3_ENDPOINT_URL"),

@@ -49,14 +49,15 @@ def redis_url():
 
 
 class Worker:
-    """`dagster-celery worker start` on one queue, one task at a time, in a session and folder of its own."""
+    """`dagster-celery worker start` on its queues, one task at a time, in a session and folder of its own."""
 
-    def __init__(self, name: str, queue: str, env: dict[str, str], folder: Path, config: Path):
+    def __init__(self, name: str, queues: str | tuple[str, ...], env: dict[str, str], folder: Path, config: Path):
         self.name, self.folder = name, folder
         folder.mkdir()
         self.log = folder / "worker.log"
         argv = [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", str(config)]
-        argv += ["-q", queue, "-n", name, "--", "--concurrency=1"]
+        # one comma-separated -q: dagster-celery turns repeated -q into repeated -Q, of which Celery 5 keeps the last
+        argv += ["-q", queues if isinstance(queues, str) else ",".join(queues), "-n", name, "--", "--concurrency=1"]
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 argv,

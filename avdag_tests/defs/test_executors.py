@@ -36,7 +36,7 @@ def test_every_job_and_the_ui_materializations_run_in_process_by_default():
     assert {job.name: job.executor_def.name for job in jobs} == dict.fromkeys([job.name for job in jobs], "in_process")
 
 
-def test_the_gpu_pool_steps_and_only_they_are_routed_to_the_gpu_queue():
+def test_the_gpu_pool_steps_and_only_they_are_routed_to_gpu_queues_training_to_its_own():
     from avdag.definitions import defs
 
     job = defs.resolve_implicit_global_asset_job_def()
@@ -48,7 +48,8 @@ def test_the_gpu_pool_steps_and_only_they_are_routed_to_the_gpu_queue():
         "sft_checkpoint",
         "candidate_evaluation",
     }
-    assert queues == {name: "gpu" if pool == GPU_POOL else None for name, pool in pools.items()}
+    expected = {name: "gpu" if pool == GPU_POOL else None for name, pool in pools.items()}
+    assert queues == {**expected, "sft_checkpoint": "training"}
 
 
 def test_celery_gets_the_broker_the_backend_and_the_cpu_queue_from_the_settings():
@@ -76,6 +77,15 @@ def test_local_state_is_refused_with_what_to_set(executor):
     message = str(both.value)
     assert f"AVDAG_EXECUTOR={executor}" in message
     assert "AVDAG_STATE_URL=s3://" in message and "AVDAG_DB_URL=postgresql://" in message
+
+
+def test_a_local_folder_declared_shared_is_accepted_and_sqlite_still_is_not():
+    """`AVDAG_STATE_IS_SHARED=1`: the user says every machine mounts that folder (NFS), which avdag cannot check."""
+    shared_mount = {**CELERY, "AVDAG_STATE_URL": "/mnt/nfs/avdag", "AVDAG_STATE_IS_SHARED": "1"}
+    assert executor_for(settings(**shared_mount)).name == "celery"
+    with pytest.raises(SettingsError, match=r"set AVDAG_DB_URL=postgresql://") as sqlite:
+        executor_for(settings(**{**shared_mount, "AVDAG_DB_URL": "sqlite:////mnt/nfs/avdag.sqlite"}))
+    assert "AVDAG_STATE_URL" not in str(sqlite.value)
 
 
 def test_celery_without_a_broker_is_refused():

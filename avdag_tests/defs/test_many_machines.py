@@ -4,18 +4,23 @@ Real Redis (broker), real Postgres (the Dagster instance from `avdag/dagster-pro
 `AVDAG_DB_URL` in a schema of its own), the landing zone and the state store on the loopback S3. The judge
 is an OpenAI-compatible HTTP server, and so is the captioner of the base model (`AVDAG_VLM_BASE_URLS`: the
 tiny model's answers do not parse, which would leave the judge nothing to do); training and fine-tuned
-captions run the tiny model on the `gpu` worker. Steps run on `dagster-celery` workers, each in a folder and an
-empty `$AVDAG_HOME` of its own: `cpu` listens on the CPU queue, `gpu` on the `gpu` queue (captioning and
-training), so every hand-off between ingest and captioning crosses workers. A separate process launches
-each run (`avdag.definitions`, the Definitions every deployment loads), as a run worker would.
+captions run the tiny model. Steps run on `dagster-celery` workers, each in a folder and an empty
+`$AVDAG_HOME` of its own: `cpu` listens on the CPU queue and the `training` queue, `gpu` on the `gpu`
+queue (captioning). So ingest runs on one worker, captioning on the other and training back on the first:
+every hand-off crosses workers. A separate process launches each run (`avdag.definitions`, the
+Definitions every deployment loads), as a run worker would.
 
 1. Two batches sharing one video (the real clip) run `clip_batch_pipeline` at once: both succeed, the
    video is one clip, the registry records the second upload as another source of it.
 2. The first batch again, on two new workers with new empty homes: nothing is captioned (the caption
    cache on S3), the judge is not called (its verdict cache in Postgres).
-3. `training_pipeline` (promotion forced): one checkpoint; the first batch again: its fine-tuned
-   captions name that checkpoint's weights hash.
+3. `training_pipeline` (promotion forced) on the `cpu` worker: one checkpoint; the first batch again:
+   its fine-tuned captions, made on the `gpu` worker, name that checkpoint's weights hash.
 Every worker's home holds at most `scratch/` afterwards.
+
+The negative control runs step 1 on the layout before issue 13: each worker keeps its state in a folder of
+its own (declared shared with `AVDAG_STATE_IS_SHARED=1`, which is false here, to get past the guard at
+load). Ingest succeeds on `cpu`; captioning on `gpu` cannot find the clips and both runs fail.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -38,6 +44,7 @@ from avdag.core.common.labels import format_label_as_answer
 from avdag.core.ingest.landing import LABEL_SUFFIX, VIDEO_SUFFIX
 from avdag.core.ingest.registry import ClipRegistry
 from avdag.defs.pipeline.partitions import clip_batches
+from avdag.defs.pipeline.pools import GPU_POOL, TRAINING_QUEUE
 from avdag.demo.sample_batch import REAL_CLIP_DIR, REAL_CLIP_ID, write_sample_batch
 from avdag_tests.defs.test_celery_execution import Worker, redis_url  # noqa: F401 (a fixture)
 from avdag_tests.support.openai_stub_server import OpenAIStubServer
@@ -50,6 +57,9 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CPU_QUEUE = "cpu"
+# worker -> the queues it listens on; each queue has one worker, so a step's queue says where it must run
+QUEUES = {"cpu": (CPU_QUEUE, TRAINING_QUEUE), "gpu": (GPU_POOL,)}
+WORKER_OF = {queue: worker for worker, queues in QUEUES.items() for queue in queues}
 BATCHES = ("drive-a", "drive-b")
 LANDING = "s3://fleet-landing/landing"
 STATE = "s3://avdag-state/prod"
@@ -81,15 +91,18 @@ class Cluster:
         self.launchers: list[subprocess.Popen] = []
         self.homes: list[Path] = []
 
-    def start_workers(self, generation: str) -> None:
-        for name, queue in (("cpu", CPU_QUEUE), ("gpu", "gpu")):
+    def start_workers(self, generation: str, local_state: bool = False) -> None:
+        """A `cpu` and a `gpu` worker; with `local_state`, each keeps its state in its own home (the old layout)."""
+        for name, queues in QUEUES.items():
             home = self.root / f"{name}-{generation}-home"
             self.homes.append(home)
             dagster_home = self.root / f"{name}-{generation}-dagster"
             dagster_home.mkdir()
             shutil.copy(PRODUCTION_CONFIG, dagster_home / "dagster.yaml")
             env = {**self.env, "AVDAG_HOME": str(home), "DAGSTER_HOME": str(dagster_home)}
-            self.workers.append(Worker(name, queue, env, self.root / f"{name}-{generation}", self.config))
+            if local_state:
+                env.update(AVDAG_STATE_URL=str(home / "state"), AVDAG_STATE_IS_SHARED="1")
+            self.workers.append(Worker(name, queues, env, self.root / f"{name}-{generation}", self.config))
 
     def stop_workers(self) -> None:
         for worker in self.workers:
@@ -116,8 +129,8 @@ class Cluster:
         self.launchers.append(launcher)
         return launcher
 
-    def finish(self, launcher: subprocess.Popen) -> str:
-        """The run id of a launched run, which must have succeeded."""
+    def finish(self, launcher: subprocess.Popen, succeed: bool = True) -> str:
+        """The run id of a launched run, which must have succeeded (or failed, when not `succeed`)."""
         try:
             out, err = launcher.communicate(timeout=RUN_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -127,7 +140,7 @@ class Cluster:
         lines = out.strip().splitlines()
         assert launcher.returncode == 0 and lines, f"launcher rc {launcher.returncode}\n{err[-4000:]}\n{tails}"
         launched = json.loads(lines[-1])
-        assert launched["success"], f"run {launched['run_id']} failed\n{err[-4000:]}\n{tails}"
+        assert launched["success"] == succeed, f"run {launched['run_id']}: {launched}\n{err[-4000:]}\n{tails}"
         return launched["run_id"]
 
     def run(self, job: str, partition: str | None = None, run_config: dict | None = None) -> str:
@@ -135,9 +148,9 @@ class Cluster:
 
 
 def _placed_by_queue(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[str, str]]:
-    """Where the run's steps ran; every step must have run on a worker of the queue it was sent to."""
+    """Where the run's steps ran; every step must have run on the worker that listens on its queue."""
     placed = _where_steps_ran(instance, run_id)
-    assert all(queue == taker for queue, taker in placed.values()), placed
+    assert all(WORKER_OF[queue] == taker for queue, taker in placed.values()), placed
     return placed
 
 
@@ -167,15 +180,26 @@ def _video(batch_root: Path, clip_id: str) -> Path:
     return batch_root / "videos" / f"{clip_id}{VIDEO_SUFFIX}"
 
 
-def test_batches_training_and_reruns_on_celery_workers_share_nothing_but_s3_and_postgres(
-    tmp_path,
-    monkeypatch,
-    postgres_url,
-    s3,
-    redis_url,  # noqa: F811 (the fixture imported above)
-    tiny_model_path,
-):
-    started = time.monotonic()
+@dataclass
+class Deployment:
+    """The services' side of a test: the cluster (no worker yet), the instance's environment, the stub servers."""
+
+    cluster: Cluster
+    dagster_env: dict[str, str]
+    db_url: str
+    ids: dict[str, list[str]]
+    real_video: bytes
+    judge: OpenAIStubServer
+    vlm: OpenAIStubServer
+
+    def stop(self) -> None:
+        self.cluster.stop()
+        self.judge.stop()
+        self.vlm.stop()
+
+
+def _deploy(tmp_path: Path, monkeypatch, postgres_url: str, s3, broker_url: str, tiny_model_path: str) -> Deployment:
+    """Both batches on the S3 landing zone, the tiny model in the S3 state, a new instance and database."""
     for bucket in ("fleet-landing", "avdag-state"):
         s3.make_bucket(bucket)
     ids = {}
@@ -195,7 +219,7 @@ def test_batches_training_and_reruns_on_celery_workers_share_nothing_but_s3_and_
     vlm = OpenAIStubServer(lambda request: VLM_ANSWER).start()
     env.update(
         AVDAG_EXECUTOR="celery",
-        AVDAG_CELERY_BROKER_URL=redis_url,
+        AVDAG_CELERY_BROKER_URL=broker_url,
         AVDAG_CELERY_QUEUE=CPU_QUEUE,
         AVDAG_STATE_URL=STATE,
         AVDAG_LANDING_URL=LANDING,
@@ -210,11 +234,26 @@ def test_batches_training_and_reruns_on_celery_workers_share_nothing_but_s3_and_
         PYTHONPATH=str(REPO),
         PYTHONUNBUFFERED="1",
     )
-    worker_config = {"broker": redis_url, "backend": redis_url, "config_source": {"worker_redirect_stdouts": False}}
+    worker_config = {"broker": broker_url, "backend": broker_url, "config_source": {"worker_redirect_stdouts": False}}
     config = tmp_path / "celery.yaml"
     config.write_text(yaml.safe_dump({"execution": {"config": worker_config}}))
     (tmp_path / "launcher").mkdir()
     cluster = Cluster(tmp_path, env, config)
+    return Deployment(cluster, dagster_env, db_url, ids, real_video, judge, vlm)
+
+
+def test_batches_training_and_reruns_on_celery_workers_share_nothing_but_s3_and_postgres(
+    tmp_path,
+    monkeypatch,
+    postgres_url,
+    s3,
+    redis_url,  # noqa: F811 (the fixture imported above)
+    tiny_model_path,
+):
+    started = time.monotonic()
+    deployment = _deploy(tmp_path, monkeypatch, postgres_url, s3, redis_url, tiny_model_path)
+    cluster, dagster_env, db_url, ids = deployment.cluster, deployment.dagster_env, deployment.db_url, deployment.ids
+    real_video, judge, vlm = deployment.real_video, deployment.judge, deployment.vlm
     timings = {}
     try:
         with dg.DagsterInstance.from_config(dagster_env["DAGSTER_HOME"]) as instance:
@@ -258,7 +297,7 @@ def test_batches_training_and_reruns_on_celery_workers_share_nothing_but_s3_and_
 
             # 3. training on the GPU worker, then fine-tuned captions with its checkpoint
             training = cluster.run("training_pipeline", None, PROMOTE_ANYWAY)
-            assert _placed_by_queue(instance, training)["sft_checkpoint"] == ("gpu", "gpu")
+            assert _placed_by_queue(instance, training)["sft_checkpoint"] == (TRAINING_QUEUE, "cpu")
             checkpoint = json.loads(s3.fs().cat_file("avdag-state/prod/assets/checkpoint_in_service.json"))
             stored = s3.fs().find("avdag-state/prod/checkpoints")
             complete = {key.split("/")[3] for key in stored if key.endswith("/_COMPLETE")}
@@ -270,9 +309,7 @@ def test_batches_training_and_reruns_on_celery_workers_share_nothing_but_s3_and_
             assert tuned_captions["weights_hash"] == tuned_captions["model_hash"] == checkpoint["weights_hash"]
             assert _metadata(instance, tuned, "baseline_captions")["computed_now"] == 0
     finally:
-        cluster.stop()
-        judge.stop()
-        vlm.stop()
+        deployment.stop()
 
     # 4. no worker kept anything but node-local scratch copies
     kept = {home.name: sorted(p.name for p in home.iterdir()) for home in cluster.homes if home.exists()}
@@ -282,3 +319,44 @@ def test_batches_training_and_reruns_on_celery_workers_share_nothing_but_s3_and_
     assert [p.name for p in (tmp_path / "dagster").rglob("*")] == ["dagster.yaml"]
     seconds = {stage: round(at) for stage, at in timings.items()}
     print(f"many machines: done after {seconds}s; first batch's judge calls {first_scores['judge_calls']}")
+
+
+def test_the_same_runs_on_worker_local_state_fail_at_the_first_hand_off(
+    tmp_path,
+    monkeypatch,
+    postgres_url,
+    s3,
+    redis_url,  # noqa: F811 (the fixture imported above)
+    tiny_model_path,
+):
+    """Negative control: step 1 above on the layout before issue 13 (state on each worker's own disk) fails."""
+    deployment = _deploy(tmp_path, monkeypatch, postgres_url, s3, redis_url, tiny_model_path)
+    cluster = deployment.cluster
+    try:
+        with dg.DagsterInstance.from_config(deployment.dagster_env["DAGSTER_HOME"]) as instance:
+            instance.add_dynamic_partitions(clip_batches.name, list(BATCHES))
+            cluster.start_workers("local", local_state=True)
+            launchers = [cluster.launch("clip_batch_pipeline", batch, small_run_config()) for batch in BATCHES]
+            failed_runs = [cluster.finish(launcher, succeed=False) for launcher in launchers]
+            for run_id in failed_runs:
+                assert _placed_by_queue(instance, run_id)["raw_clips"] == (CPU_QUEUE, "cpu")
+                failures = {
+                    event.step_key: event.dagster_event.step_failure_data.error
+                    for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+                }
+                # the first step on the other worker: raw_clips' stored value is on the cpu worker's disk
+                assert "baseline_captions" in failures, failures
+                error = failures["baseline_captions"]
+                messages = [error.message] + [cause.message for cause in _causes(error)]
+                assert any("MissingStoredValueError" in message for message in messages), messages
+            assert deployment.vlm.requests == [] and deployment.judge.requests == []  # nothing was captioned
+    finally:
+        deployment.stop()
+    print(f"negative control: both runs failed at baseline_captions on the gpu worker: {failed_runs}")
+
+
+def _causes(error):
+    """The chain of a serialized step error's causes."""
+    while error.cause is not None:
+        error = error.cause
+        yield error

@@ -4,10 +4,12 @@ In process (the default) a run loads torch and the model once, on the machine th
 Kubernetes run each step in a process of its own, on whichever machine takes it: a step finds what the
 steps before it wrote only in the state store and the database, so both must be shared (S3, Postgres).
 `executor_for` refuses to build one of them on local state and says what to set, rather than letting a
-worker fail later on files that are on another machine.
+worker fail later on files that are on another machine; `AVDAG_STATE_IS_SHARED=1` declares a local path
+to be a mount that every machine shares (NFS), which avdag cannot check.
 
-Celery routes by queue: the steps in the `gpu` pool carry `dagster-celery/queue: gpu` (see `pools.py`)
-and go to workers started with `-q gpu`; every other step goes to `AVDAG_CELERY_QUEUE`.
+Celery routes by queue: captioning carries `dagster-celery/queue: gpu` and training `... : training`
+(see `pools.py`), for workers started with `-q gpu` / `-q training`; every other step goes to
+`AVDAG_CELERY_QUEUE`.
 The integrations are optional extras, imported only when selected.
 """
 
@@ -25,9 +27,10 @@ def check_shared_state(settings: Settings) -> None:
     if settings.executor == "in_process":
         return
     problems = []
-    if not settings.state_url.startswith("s3://"):
+    if not settings.state_url.startswith("s3://") and not settings.state_is_shared:
         problems.append(
-            f"AVDAG_STATE_URL is the local folder {settings.state_url}: set AVDAG_STATE_URL=s3://bucket/prefix"
+            f"AVDAG_STATE_URL is the local folder {settings.state_url}: set AVDAG_STATE_URL=s3://bucket/prefix, "
+            "or AVDAG_STATE_IS_SHARED=1 if every machine mounts that same folder (NFS)"
         )
     if settings.db_url.startswith("sqlite:"):
         problems.append(

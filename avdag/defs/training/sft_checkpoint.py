@@ -15,7 +15,7 @@ from avdag.core.common.model_identity import model_fingerprint
 from avdag.core.reporting.charts import loss_curve_png, png_markdown
 from avdag.core.reporting.lineage import CHECKPOINTS, TRAINING_RECORD
 from avdag.core.training.embedded_loop import SftExample
-from avdag.defs.pipeline.pools import GPU_POOL, GPU_STEP_TAGS
+from avdag.defs.pipeline.pools import GPU_POOL, TRAINING_STEP_TAGS
 from avdag.resources.captioner import CaptionerResource
 from avdag.resources.io_managers import ALL_PARTITIONS
 from avdag.resources.storage import StateStoreResource
@@ -62,7 +62,7 @@ def _checkpoint_id(base_hash: str, settings: dict, clips: list, prompt_hash: str
     io_manager_key="json_io",
     group_name="training",
     pool=GPU_POOL,
-    op_tags=GPU_STEP_TAGS,
+    op_tags=TRAINING_STEP_TAGS,
     kinds={"pytorch", "safetensors"},
 )
 def sft_checkpoint(
