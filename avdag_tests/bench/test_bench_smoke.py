@@ -137,9 +137,52 @@ def test_probe_report(probe):
     assert probe["speedup"] > 0
 
 
-def test_formatted_report_and_json(sensors, probe):
-    report = {"sensor": [sensors["local"], sensors["s3"]], "probe": probe}
+@pytest.fixture(scope="module")
+def sweeps():
+    pytest.importorskip("moto.server")
+    out = []
+    for backend in (bench.LocalBackend(), bench.S3Backend()):
+        try:
+            out.append(bench.bench_batches(backend, (1, 3), clips_per_batch=2, clip_bytes=4 * 1024**2, repeats=1))
+        finally:
+            backend.close()
+    return out
+
+
+def test_batch_sweep_reads_nothing_and_grows_by_batches(sweeps):
+    """Deterministic parts of the batch sweep: no object is read, calls grow by a fixed amount per batch,
+    and (locally) clips 8x larger make exactly the same calls."""
+    local, s3 = sweeps
+    for sweep in sweeps:
+        one, three = sweep["rows"]
+        assert (one["batches"], three["batches"]) == (1, 3) and one["counts_stable"]
+        assert one["object_reads"] == three["object_reads"] == 0
+        assert three["fs_calls"] > one["fs_calls"]
+    assert [r["fs_calls"] for r in local["rows"]] == [r["fs_calls"] for r in s3["rows"]]
+    larger = local["larger_clips"]
+    assert larger["clip_bytes"] == bench.BYTES_FACTOR * 4 * 1024**2 and larger["object_reads"] == 0
+    assert larger["fs_calls"] == local["rows"][-1]["fs_calls"]
+    assert "larger_clips" not in s3
+
+
+def test_formatted_report_and_json(sensors, sweeps, probe):
+    report = {"sensor": [sensors["local"], sensors["s3"]], "batches": sweeps, "probe": probe}
+    report["goals"] = bench.goals(report)
+    assert set(report["goals"]) == {
+        "reads_no_clip_bytes",
+        "calls_flat_in_history",
+        "tick_under_budget",
+        "calls_linear_in_batches_local",
+        "linear_in_batches_local",
+        "flat_in_bytes",
+        "calls_linear_in_batches_s3",
+        "linear_in_batches_s3",
+    }
+    # The deterministic goals hold on any machine; the timed ones are only printed.
+    assert all(report["goals"][g] for g in ("reads_no_clip_bytes", "calls_flat_in_history"))
     text = bench.format_report(report)
+    for needle in ("sensor tick over N waiting batches", "32 MiB", "goals:", "no tick reads an object's bytes"):
+        assert needle in text
     for needle in (
         "history=5",
         "history=20",

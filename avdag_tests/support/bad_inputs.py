@@ -23,7 +23,7 @@ import numpy as np
 from avdag.core.ingest.landing import LABEL_SUFFIX, READY_MARKER, VIDEO_SUFFIX
 from avdag.core.ingest.upload_batch import IngestLimits
 from avdag.demo.sample_data import REAL_CLIP_DIR
-from avdag_tests.support.media import unique_copy
+from avdag_tests.support.media import cut_tail, unique_copy
 
 REAL_DIR = REAL_CLIP_DIR
 REAL_LABEL_PATH = REAL_DIR / "solidWhiteRight.label.json"
@@ -34,6 +34,8 @@ LAYOUT_REASON = f"not a <id>{VIDEO_SUFFIX} directly under videos/"
 DUPLICATE_SOURCE, DUPLICATE_COPY = "good_a", "zz_copy_of_good_a"
 UNICODE_ID = "caf\u00e9_clip_\u96e8"  # NFC 'é' and a CJK character
 SPACE_ID = "clip with space"
+CUT_UPLOAD = "cut_upload"
+CUT_UPLOAD_REASON = ("truncated: the stream ends at", "the container declares 8.84s")
 
 
 # --- media --------------------------------------------------------------------------------------
@@ -187,6 +189,11 @@ def build_corpus(batch_dir: Path, *, ready: bool = True) -> Corpus:
     video("not_a_video", json.dumps(real_label()).encode(), "video_decodable", "not a video", "text file")
     video("audio_only", audio, "video_decodable", "no video stream", "audio")
 
+    # An upload cut short after its index (moov first, 5% of the mdat): header and first frame look
+    # whole, so only the packet index shows the missing footage; its label goes with it.
+    video(CUT_UPLOAD, cut_tail(REAL_VIDEO_PATH, 0.05), "truncated", *CUT_UPLOAD_REASON)
+    label(CUT_UPLOAD, real_label(), "truncated", f"its video {CUT_UPLOAD} was quarantined", *CUT_UPLOAD_REASON)
+
     # 5, 15, 12 (nested): files in the wrong place or with the wrong name.
     write(f"videos/wrong_ext{VIDEO_SUFFIX[:-4]}.avi", unique_copy(base, "avi"), "layout", LAYOUT_REASON)
     write(f"videos/wrong_ext_mov{VIDEO_SUFFIX[:-4]}.mov", unique_copy(base, "mov"), "layout", LAYOUT_REASON)
@@ -284,6 +291,7 @@ def build_duplicate_batch(batch_dir: Path, source_video: Path, copy_id: str, *, 
 
 
 __all__ = [
+    "CUT_UPLOAD",
     "Corpus",
     "S3OnlyInput",
     "build_corpus",

@@ -9,13 +9,15 @@ The same code serves a local path and an S3 prefix; only the storage options dif
 Upload contract: a batch is invisible until its marker exists, so a folder still being written
 is never half-ingested. `_MANIFEST.json` ({"files": [{"path", "size", "sha256"?}]}) also lets
 ingest verify that every listed file arrived whole. Re-writing the marker announces a
-re-upload; it is reprocessed only if the batch's content fingerprint changed.
+re-upload; it is reprocessed only if the batch's content fingerprint (listing metadata: sizes and
+ETags or mtimes, or the manifest; never the bytes) changed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -97,7 +99,13 @@ class LandingZone:
         return self.fs.find(f"{self.root}/{batch}", detail=True)
 
     def batch_fingerprint(self, batch: str) -> str:
-        """Content identity of a batch: its manifest's bytes, else every file's path, size and ETag."""
+        """Content identity of a batch from listing metadata, so a sensor tick never reads a video.
+
+        The manifest's bytes when there is one (it names every file's size and, optionally, hash);
+        else every file's path, size and content tag (see `_content_tag`). The content itself is
+        hashed by the ingest run, not here: reading a batch's gigabytes on every tick would make the
+        tick's cost grow with bytes uploaded, not with batches.
+        """
         manifest = f"{self.root}/{batch}/{MANIFEST_MARKER}"
         if self.fs.exists(manifest):
             return hashlib.sha256(self.fs.cat_file(manifest)).hexdigest()
@@ -109,14 +117,22 @@ class LandingZone:
         return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
     def _content_tag(self, path: str, info: dict) -> str:
-        """S3's ETag (derived from the bytes); locally, a hash of the bytes (mtimes change on copy)."""
+        """What changes when an object's bytes change, without reading them.
+
+        S3's ETag (derived from the bytes). Locally the mtime in ns and the inode (a file replaced
+        by a rename, as `rsync -t` does, gets a new inode even when it keeps size and mtime), so a
+        file re-written with identical bytes counts as changed: its batch is ingested again, which
+        is idempotent (ingest hashes and deduplicates by content). Other stores: their own stamp.
+        """
         if info.get("ETag"):
             return str(info["ETag"])
-        digest = hashlib.sha256()
-        with self.fs.open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        return digest.hexdigest()
+        if self.is_local:
+            stat = os.stat(path)
+            return f"{stat.st_mtime_ns}:{stat.st_ino}"
+        for key in ("md5Hash", "generation", "LastModified", "last_modified", "mtime"):
+            if info.get(key):
+                return str(info[key])
+        return ""
 
     def list_batch(self, batch: str) -> BatchListing:
         if not is_safe_name(batch):

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from avdag.core.common.labels import canonicalize_label, validate_label
 from avdag.core.ingest.landing import BatchListing, LandingZone, is_safe_name
 from avdag.core.ingest.registry import Registration
-from avdag.core.ingest.video import VideoError, VideoProbe, probe_video
+from avdag.core.ingest.video import VideoError, VideoProbe, VideoTruncated, probe_video
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,8 @@ class _BatchIngest:
         try:
             local = self.zone.local_copy(url, self.cache_dir)
             probe = probe_video(local)
+        except VideoTruncated as exc:  # decodes, but holds less footage than declared (a cut-off upload)
+            return self.reject(clip_id, url, "truncated", str(exc))
         except (VideoError, OSError) as exc:
             return self.reject(clip_id, url, "video_decodable", str(exc))
         bounds = self.limits.violation(probe)

@@ -4,8 +4,11 @@ Work per tick is bounded and independent of how much footage is already ingested
 listing of batch folder names and a marker check for each batch not seen yet. Ticks that find
 nothing new spend their budget on a round-robin re-check of at most `recheck` seen batches,
 one marker request each (a re-upload announces itself by re-writing its marker). A batch is
-launched under its content fingerprint, so an identical re-upload is a no-op and a changed one
-is reprocessed. The state is plain JSON: it lives in the sensor cursor.
+launched under its content fingerprint, taken from the batch's listing (sizes with ETags or
+mtimes, or its manifest) and never from its bytes, so a tick's cost grows with files, not with
+gigabytes: a re-written marker over untouched content is a no-op, a changed file is reprocessed
+(locally a file re-written with the same bytes counts as changed; ingest is idempotent). The
+state is plain JSON: it lives in the sensor cursor.
 """
 
 from __future__ import annotations

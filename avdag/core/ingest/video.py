@@ -60,8 +60,10 @@ __all__ = [
     "VIDEO_MIN_PIXELS",
     "VIDEO_TOTAL_PIXELS",
     "SampledVideo",
+    "TRUNCATION_TOLERANCE_S",
     "VideoError",
     "VideoProbe",
+    "VideoTruncated",
     "file_sha256",
     "frame_indices",
     "probe_video",
@@ -84,6 +86,11 @@ MAX_ASPECT_RATIO = 200
 DEFAULT_MIN_FRAMES = 4
 DEFAULT_MAX_FRAMES = 768
 
+# A clip whose data ends more than this before the duration its container declares is truncated (an
+# upload cut short whose mp4 index survived). Half a second absorbs declared-duration rounding (edit
+# lists, the last frame's duration) while a clip can lose at most that much of what its label describes.
+TRUNCATION_TOLERANCE_S = 0.5
+
 
 class VideoError(Exception):
     """A file that cannot serve as a video input, with a human-readable reason."""
@@ -92,6 +99,18 @@ class VideoError(Exception):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class VideoTruncated(VideoError):
+    """The container declares a longer stream than the file holds: its label would describe missing footage."""
+
+    def __init__(self, path: str | os.PathLike[str], declared_s: float, decodable_s: float, detail: str) -> None:
+        self.declared_s = declared_s
+        self.decodable_s = decodable_s
+        super().__init__(
+            path,
+            f"truncated: the stream ends at {decodable_s:.2f}s but the container declares {declared_s:.2f}s ({detail})",
+        )
 
 
 @dataclass(frozen=True)
@@ -309,8 +328,81 @@ def _decode_first_frame(path: Path, container: av.container.InputContainer, stre
     raise VideoError(path, "truncated: decoded 0 frames")
 
 
+def _packet_span(packet: av.Packet) -> tuple[int, int] | None:
+    """(start, end) of a packet in its stream's time base, or None when it carries no timestamp."""
+    start = packet.pts if packet.pts is not None else packet.dts
+    if start is None:
+        return None
+    return start, start + max(packet.duration or 0, 1)
+
+
+def _decode_tail(stream: av.VideoStream, packets: list[av.Packet]) -> int | None:
+    """End (time base) of the frames decoded from the last group of pictures; None if none decode."""
+    spans = {span[0]: span[1] for span in map(_packet_span, packets) if span}
+    end = None
+    try:
+        for packet in [*packets, None]:
+            for frame in stream.codec_context.decode(packet):
+                if frame.pts is not None:
+                    end = max(end or frame.pts, spans.get(frame.pts, frame.pts + 1))
+    except av.FFmpegError:
+        pass  # garbage where frames should be: what decoded before it is what the clip holds
+    return end
+
+
+def _present_duration_s(path: Path, file_size: int) -> tuple[float, str]:
+    """Seconds of video whose data is in the file and decodes, and how that was found.
+
+    Demuxes the whole packet index (no decoding): the first packet whose bytes run past end of file,
+    or that the demuxer flags as cut, ends the stream. Only the last group of pictures (keyframe
+    onward) is decoded, so data that is present but not video (a preallocated file never filled)
+    counts as missing too, at the cost of one GOP, not the clip.
+    """
+    with _open_video_stream(path) as (container, stream):
+        start = stream.start_time
+        end = None
+        complete = 0
+        cut = False
+        tail: list[av.Packet] = []
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue  # the demuxer's end-of-stream flush packet
+                span = _packet_span(packet)
+                if packet.is_corrupt or (
+                    packet.pos is not None and packet.pos >= 0 and packet.pos + packet.size > file_size
+                ):
+                    cut = True
+                    break
+                if span is None:
+                    continue
+                complete += 1
+                start = span[0] if start is None else min(start, span[0])
+                end = span[1] if end is None else max(end, span[1])
+                tail = [packet] if packet.is_keyframe else [*tail, packet]
+        except av.FFmpegError as error:
+            cut = True
+            reason = f"demuxing stopped: {_ffmpeg_message(error)}"
+        else:
+            reason = "a packet runs past end of file" if cut else "every packet's data is present"
+        decoded_end = _decode_tail(stream, tail) if tail else None
+        if tail and (decoded_end is None or decoded_end < end):
+            first = _packet_span(tail[0])
+            end = decoded_end if decoded_end is not None else (first[0] if first else start)
+            reason = "the last frames do not decode"
+        declared = f" of {stream.frames}" if stream.frames > 0 else ""
+        detail = f"{complete}{declared} frames' data present, {file_size} bytes in the file; {reason}"
+        if end is None or start is None or stream.time_base is None:
+            return 0.0, detail
+        return float((end - start) * stream.time_base), detail
+
+
 def probe_video(path: str | os.PathLike[str]) -> VideoProbe:
-    """Cheap metadata check that also proves the first frame decodes; raises VideoError."""
+    """Cheap metadata check that also proves the first frame decodes; raises VideoError.
+
+    VideoTruncated when the file's stream ends more than TRUNCATION_TOLERANCE_S before the declared
+    duration: the header and first frame of a cut-off upload whose index survived look whole.
+    """
     path = Path(path)
     size_bytes = _check_file(path)
     with _open_video_stream(path) as (container, stream):
@@ -326,6 +418,9 @@ def probe_video(path: str | os.PathLike[str]) -> VideoProbe:
         if duration_s is None:
             duration_s = num_frames / fps
         codec = stream.codec_context.name
+    present_s, detail = _present_duration_s(path, size_bytes)
+    if duration_s - present_s > TRUNCATION_TOLERANCE_S:
+        raise VideoTruncated(path, duration_s, present_s, detail)
     return VideoProbe(
         duration_s=duration_s,
         fps=fps,

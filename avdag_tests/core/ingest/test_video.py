@@ -30,9 +30,11 @@ from avdag.core.ingest.video import (
     IMAGE_FACTOR,
     RECIPE_FPS,
     RECIPE_MAX_PIXELS,
+    TRUNCATION_TOLERANCE_S,
     VIDEO_MIN_PIXELS,
     SampledVideo,
     VideoError,
+    VideoTruncated,
     file_sha256,
     frame_indices,
     probe_video,
@@ -41,6 +43,7 @@ from avdag.core.ingest.video import (
     smart_resize,
 )
 from avdag.demo.sample_data import REAL_CLIP
+from avdag_tests.support.media import cut_tail, faststart, top_level_boxes
 
 # Per-frame mean |difference| (0..255 levels) allowed between our frames and the reference. Same
 # frames from two FFmpeg builds differ by at most a level or so of colour-conversion rounding; the
@@ -247,6 +250,61 @@ def test_probe_synthetic_clip(synthetic_clip: Path) -> None:
     probe = probe_video(synthetic_clip)
     assert (probe.width, probe.height, probe.fps, probe.num_frames) == (320, 180, SYNTHETIC_FPS, SYNTHETIC_FRAMES)
     assert probe.duration_s == pytest.approx(SYNTHETIC_FRAMES / SYNTHETIC_FPS, abs=0.11)
+
+
+# --- 2b. uploads cut short after their index ------------------------------------------------------
+
+
+def test_probe_flags_the_real_clip_cut_after_its_index(tmp_path: Path) -> None:
+    """moov intact, 10% of mdat left: header says 8.84 s / 221 frames and the first frame decodes."""
+    path = tmp_path / "cut.mp4"
+    path.write_bytes(cut_tail(REAL_CLIP, 0.1))
+    kinds = [kind for kind, _, _ in top_level_boxes(path.read_bytes())]
+    assert kinds.index("moov") < kinds.index("mdat")  # the index survived the cut
+    with pytest.raises(VideoTruncated) as caught:
+        probe_video(path)
+    error = caught.value
+    assert error.declared_s == pytest.approx(8.84, abs=0.05)
+    assert 0 < error.decodable_s < 0.2 * error.declared_s
+    assert error.reason.startswith("truncated:")
+    assert f"{error.declared_s:.2f}s" in error.reason and f"{error.decodable_s:.2f}s" in error.reason
+    assert isinstance(error, VideoError)  # callers that only know VideoError still reject it
+
+
+def test_probe_flags_a_synthetic_clip_cut_after_its_index(tmp_path: Path) -> None:
+    """PyAV writes moov last: the helper moves it to the front with ffmpeg, then cuts half the mdat."""
+    source = write_synthetic_clip(tmp_path / "long.mp4", num_frames=60)
+    path = tmp_path / "cut.mp4"
+    path.write_bytes(cut_tail(source, 0.5))
+    with pytest.raises(VideoTruncated) as caught:
+        probe_video(path)
+    assert caught.value.declared_s == pytest.approx(6.0, abs=0.11)
+    assert caught.value.declared_s - caught.value.decodable_s > TRUNCATION_TOLERANCE_S
+
+
+def test_probe_flags_a_tail_that_is_present_but_not_video(tmp_path: Path) -> None:
+    """A preallocated file never filled: every byte range is there, the last 30% are zeros."""
+    data = bytearray(REAL_CLIP.read_bytes())
+    start = int(len(data) * 0.7)
+    data[start:] = bytes(len(data) - start)
+    path = tmp_path / "zero_tail.mp4"
+    path.write_bytes(bytes(data))
+    with pytest.raises(VideoTruncated, match="do not decode") as caught:
+        probe_video(path)
+    assert 4.0 < caught.value.decodable_s < 8.0
+
+
+@pytest.mark.parametrize("kind", ["real", "synthetic", "synthetic_faststart"])
+def test_whole_clips_are_not_flagged(kind: str, synthetic_clip: Path, tmp_path: Path) -> None:
+    if kind == "real":
+        path = REAL_CLIP
+    elif kind == "synthetic":
+        path = synthetic_clip
+    else:
+        path = tmp_path / "faststart.mp4"
+        path.write_bytes(faststart(synthetic_clip))
+    probe = probe_video(path)
+    assert probe.num_frames in (221, SYNTHETIC_FRAMES)
 
 
 # --- 3. bad inputs --------------------------------------------------------------------------------

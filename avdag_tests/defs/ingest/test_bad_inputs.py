@@ -22,6 +22,7 @@ from avdag.core.ingest.registry import ClipRegistry
 from avdag.core.ingest.upload_batch import BatchOnlyRegistry, IngestLimits, ingest_batch
 from avdag.core.ingest.upload_watch import plan_tick
 from avdag_tests.support.bad_inputs import (
+    CUT_UPLOAD,
     DUPLICATE_COPY,
     DUPLICATE_SOURCE,
     build_corpus,
@@ -29,7 +30,7 @@ from avdag_tests.support.bad_inputs import (
     encode_clip,
     s3_only_inputs,
 )
-from avdag_tests.support.media import unique_copy
+from avdag_tests.support.media import cut_tail, unique_copy
 
 BATCH = "batch-2024_01.a"
 BUCKET = "landing-bucket"
@@ -41,6 +42,7 @@ EXPECTED_CHECKS = {
     "clip_name",
     "video_size",
     "video_decodable",
+    "truncated",
     "video_bounds",
     "duplicate",
     "label_json",
@@ -342,6 +344,50 @@ def test_s3_production_zone_sees_new_batches_on_later_ticks(s3, base_clip):
     assert zone.list_batches() == ["batch-a", "batch-b", "batch-c"], "new batch folder invisible (stale listing)"
     tick2 = plan_tick(zone, tick1.cursor())
     assert sorted(b for b, _ in tick2.launch) == ["batch-b", "batch-c"]
+
+
+# --- through Dagster ------------------------------------------------------------------------------
+
+
+def test_raw_clips_quarantines_a_cut_upload_and_registers_the_rest(tmp_path):
+    """The ingest asset on a batch holding an upload cut after its index: the clip and its label are
+    quarantined as `truncated` (counted in the asset metadata), every other clip is registered."""
+    import dagster as dg
+
+    from avdag.definitions import defs
+    from avdag.defs.pipeline.partitions import clip_batches
+    from avdag.demo.sample_batch import REAL_CLIP_ID, write_sample_batch
+    from avdag_tests.support.bad_inputs import REAL_VIDEO_PATH, real_label
+    from avdag_tests.support.pipeline_helpers import small_resources
+
+    batch = "batch-cut"
+    good = write_sample_batch(tmp_path, batch, n_synthetic=2, seed=5)
+    (tmp_path / batch / "videos" / f"{CUT_UPLOAD}{VIDEO_SUFFIX}").write_bytes(cut_tail(REAL_VIDEO_PATH, 0.1))
+    (tmp_path / batch / "metas" / f"{CUT_UPLOAD}{LABEL_SUFFIX}").write_text(json.dumps(real_label()))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(clip_batches.name, [batch])
+        result = dg.materialize(
+            list(defs.assets),
+            selection=["raw_clips", "clip_quarantine"],
+            partition_key=batch,
+            resources=small_resources(str(tmp_path)),
+            instance=instance,
+        )
+        metadata = instance.fetch_materializations(dg.AssetKey("clip_quarantine"), limit=1).records[0]
+        metadata = metadata.asset_materialization.metadata
+    assert result.success
+    clips = result.output_for_node("raw_clips", "raw_clips")
+    quarantine = result.output_for_node("raw_clips", "clip_quarantine")
+    assert sorted(clips["clip_id"]) == sorted(good) and REAL_CLIP_ID in good
+    assert clips.set_index("clip_id").loc[REAL_CLIP_ID, "duration_s"] == pytest.approx(8.84, abs=0.05)
+    assert sorted(quarantine["file"].str.rsplit("/", n=1).str[-1]) == [
+        f"{CUT_UPLOAD}{VIDEO_SUFFIX}",
+        f"{CUT_UPLOAD}{LABEL_SUFFIX}",
+    ]
+    assert set(quarantine["check"]) == {"truncated"}
+    video_reason = quarantine.loc[quarantine["file"].str.endswith(VIDEO_SUFFIX), "reason"].item()
+    assert "declares 8.84s" in video_reason and "stream ends at 0.80s" in video_reason
+    assert metadata["quarantined_truncated"].value == 2 and metadata["quarantined"].value == 2
 
 
 # --- regressions: bugs found by this suite and fixed ----------------------------------------------

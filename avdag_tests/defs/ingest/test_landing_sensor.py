@@ -63,8 +63,7 @@ def test_identical_reupload_does_nothing_and_changed_content_reruns(tmp_path):
     _batch(tmp_path, "batch-a")
     first = _tick(tmp_path)
     (key,) = [r.run_key for r in first.run_requests]
-    # Same bytes, marker re-written: recognised as the same content.
-    _batch(tmp_path, "batch-a")
+    # Marker re-written over untouched files: recognised as the same content (from the listing alone).
     (tmp_path / "batch-a" / "_READY").write_text("re-upload")
     same = _tick(tmp_path, cursor=first.cursor)
     assert not same.run_requests and "identical content" in same.skip_reason.skip_message
