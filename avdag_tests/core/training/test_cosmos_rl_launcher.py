@@ -1,5 +1,5 @@
-"""Launching cosmos-rl: streaming, loss parsing, failures, checkpoint install, and a full run
-through the stand-in executable (tiny model, CPU)."""
+"""Launching cosmos-rl: streaming, loss parsing, failures (a replica crash that exits 0 included),
+checkpoint install, and full runs through the stand-in executable (tiny model, CPU)."""
 
 import json
 import sys
@@ -13,6 +13,7 @@ import pytest
 from avdag.core.training.cosmos_rl.config import CosmosRlSettings, write_cosmos_rl_toml
 from avdag.core.training.cosmos_rl.launcher import (
     CosmosRlError,
+    CosmosRlUnfinishedError,
     check_executables,
     install_export,
     launch_cosmos_rl,
@@ -20,6 +21,7 @@ from avdag.core.training.cosmos_rl.launcher import (
 )
 from avdag.core.training.embedded_loop import SftExample
 from avdag.resources.cosmos_trainer import CosmosRlTrainerResource
+from avdag_tests.support.cosmos_rl_standin import CRASH_AFTER_STEP
 from avdag_tests.support.sft_examples import synthetic_sft_examples
 
 STANDIN = str(Path(__file__).resolve().parents[2] / "support" / "cosmos_rl_standin.py")
@@ -86,6 +88,7 @@ def test_without_an_export_line_the_highest_step_folder_is_taken(tmp_path, job):
     command = fake_cosmos_rl(
         tmp_path,
         """
+        print("[cosmos] INFO - Step: 10/10, Loss: 0.50000, Grad norm: 0.1")
         for step in (2, 10, 9):
             (output_dir / "safetensors" / f"step_{step}").mkdir(parents=True)
     """,
@@ -100,6 +103,7 @@ def test_a_leftover_child_holding_the_output_does_not_block_the_launcher(tmp_pat
         """
         import subprocess
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # inherits stdout, outlives us
+        print("Step: 1/1, Loss: 0.5, Grad norm: 0.1")
         (output_dir / "safetensors" / "step_1").mkdir(parents=True)
     """,
     )
@@ -124,10 +128,61 @@ def test_a_failed_run_raises_with_the_tail_of_its_log(tmp_path, job):
 
 
 def test_a_run_without_export_raises(tmp_path, job):
-    command = fake_cosmos_rl(tmp_path, "print('training done')\n")
+    command = fake_cosmos_rl(tmp_path, "print('Step: 1/1, Loss: 0.5, Grad norm: 0.1')\nprint('training done')\n")
     with pytest.raises(CosmosRlError, match="no export was found") as failure:
         launch_cosmos_rl(command, *job, log=lambda line: None, log_dir=tmp_path, require_redis=False)
     assert "training done" in str(failure.value)
+
+
+REPLICA_CRASH = """
+log = "[cosmos] 2026-12-02 10:01:00,000 - cosmos - {} - {}".format
+for step in (1, 2, 3):
+    print(log("INFO", f"Step: {step}/4, Loss: 1.00000, Grad norm: 0.10000, Iteration time: 9.00s"))
+    if step == 2:
+        (output_dir / "safetensors" / "step_2").mkdir(parents=True)
+        print(log("INFO", f"\\n\\nExported safetensors to {output_dir}/safetensors/step_2\\n\\n"))
+for rank in range(4):  # every rank fails alike, under torchrun's prefix
+    print(f"[rank{rank}]: Traceback (most recent call last):", file=sys.stderr)
+    print(f'[rank{rank}]:   File "/opt/cosmos_rl/policy/worker/sft_worker.py", line 1013', file=sys.stderr)
+    print(f"[rank{rank}]: RuntimeError: NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled", file=sys.stderr)
+print(log("ERROR", "Process 4242 failed with return code 1"))
+print(log("INFO", "Process 4241 completed (rc=0)"))
+"""
+
+
+def test_a_replica_crash_that_exits_0_is_refused_naming_step_export_and_errors(tmp_path, job):
+    command = fake_cosmos_rl(tmp_path, REPLICA_CRASH)
+    with pytest.raises(CosmosRlUnfinishedError) as failure:
+        launch_cosmos_rl(command, *job, log=lambda line: None, log_dir=tmp_path, require_redis=False)
+    message, export = str(failure.value), tmp_path / "job" / "outputs" / "safetensors" / "step_2"
+    assert "Last step reached: 3/4" in message
+    assert f"refused export {export} (step 2)" in message
+    assert "[rank0]: RuntimeError: NCCL error in: ProcessGroupNCCL.cpp:1970" in message
+    assert "Process 4242 failed with return code 1" in message
+    assert message.count("NCCL error") == 1 and "Process 4241 completed" not in message
+    assert str(tmp_path / "cosmos-rl.log") in message and f"job folder {tmp_path / 'job'} is kept" in message
+    assert (failure.value.last_step, failure.value.total_steps, failure.value.refused_export) == (3, 4, export)
+    assert export.is_dir()  # left for cosmos-rl's resume, with the rest of the job folder
+
+
+def test_a_finished_run_whose_export_is_an_earlier_step_is_refused(tmp_path, job):
+    command = fake_cosmos_rl(
+        tmp_path,
+        """
+        (output_dir / "safetensors" / "step_2").mkdir(parents=True)  # an earlier attempt's save
+        print("Step: 4/4, Loss: 0.5, Grad norm: 0.1")
+    """,
+    )
+    with pytest.raises(CosmosRlUnfinishedError, match="the export found is step 2, not the final step 4") as failure:
+        launch_cosmos_rl(command, *job, log=lambda line: None, log_dir=tmp_path, require_redis=False)
+    assert "No error lines in the log; last 1 lines" in str(failure.value)
+
+
+def test_a_run_that_never_logs_a_step_is_refused(tmp_path, job):
+    command = fake_cosmos_rl(tmp_path, "print('[cosmos] 2026-12-02 10:00:00,000 - cosmos - ERROR - No GPUs available')")
+    with pytest.raises(CosmosRlUnfinishedError, match="Last step reached: none") as failure:
+        launch_cosmos_rl(command, *job, log=lambda line: None, log_dir=tmp_path, require_redis=False)
+    assert "no export to refuse" in str(failure.value) and "No GPUs available" in str(failure.value)
 
 
 def test_missing_redis_server_or_launcher_is_named_before_anything_starts(tmp_path, job, monkeypatch):
@@ -254,3 +309,30 @@ def test_trainer_resource_runs_cosmos_rl_and_installs_a_loadable_checkpoint(tiny
     base = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_path)
     AutoProcessor.from_pretrained(output)
     assert not torch.equal(tuned.lm_head.weight, base.lm_head.weight)  # the dataset really fed training
+
+
+def test_a_replica_crash_in_the_standin_is_refused_and_the_next_attempt_resumes_in_the_same_job(
+    tiny_model_path, examples, tmp_path, monkeypatch
+):
+    trainer = CosmosRlTrainerResource(launcher=[sys.executable, STANDIN], require_redis=False, save_freq=2, **SMALL_JOB)
+    output = tmp_path / "checkpoints" / "sft-abc"
+    job = tmp_path / "checkpoints" / ".cosmos-rl-jobs" / "sft-abc"
+    monkeypatch.setenv(CRASH_AFTER_STEP, "3")  # of 4; saves at step 2
+    with pytest.raises(CosmosRlUnfinishedError) as failure:
+        trainer.train(tiny_model_path, examples, output, lambda p: None)
+    message = str(failure.value)
+    assert "Last step reached: 3/4" in message
+    assert f"refused export {job / 'outputs' / 'safetensors' / 'step_2'} (step 2)" in message
+    assert "torch.OutOfMemoryError: CUDA out of memory" in message and "failed with return code 1" in message
+    assert not output.exists()  # nothing installed ...
+    assert (job / "outputs" / "safetensors" / "step_2").is_dir()  # ... and the job folder kept
+    assert tomllib.loads((job / "job.toml").read_text())["train"]["resume"] is True
+
+    monkeypatch.delenv(CRASH_AFTER_STEP)
+    result = trainer.train(tiny_model_path, examples, output, lambda p: None)
+    assert [step for step, _ in result.losses] == [1, 2, 3, 4]
+    config = tomllib.loads((job / "job.toml").read_text())
+    assert config["train"]["resume"] is True and config["train"]["timestamp"] == "sft-abc"  # same folder: resumable
+    assert config["train"]["output_dir"] == str(job / "outputs")
+    record = json.loads((output / "avdag_training.json").read_text())
+    assert record["cosmos_rl_export"] == str(job / "outputs" / "safetensors" / "step_4")

@@ -4,6 +4,10 @@ avdag writes the job (conversations JSONL, TOML, entry script) into a job folder
 `cosmos-rl --config job.toml entry.py`, streams its output line by line (losses and
 progress come from cosmos-rl's `Step: i/N, Loss: x` lines), and moves the exported safetensors into
 `output_dir` in one rename, so a crash never leaves a half-written checkpoint behind.
+
+Only a finished run's export is installed: cosmos-rl exits 0 when a training replica crashes, after
+intermediate `save_freq` exports, so the last step line must reach its total and the export must
+be that step's (see `run_log`). A refused run leaves its job folder for `train.resume` to continue.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -26,10 +29,9 @@ from pathlib import Path
 from avdag.core.common.atomic import atomic_directory
 from avdag.core.training.cosmos_rl.config import CosmosRlSettings, build_cosmos_rl_config, write_cosmos_rl_toml
 from avdag.core.training.cosmos_rl.dataset import overlong_examples, write_conversations_jsonl
+from avdag.core.training.cosmos_rl.run_log import RunLog, export_step, unfinished_reason
 from avdag.core.training.embedded_loop import Progress, SftExample, SftResult
 
-STEP_LINE = re.compile(r"Step: (\d+)/(\d+), Loss: ([-\d.eE+]+)")
-EXPORT_LINE = re.compile(r"Exported safetensors to (\S.*?)\s*$")
 ENTRY_SCRIPT = Path(__file__).resolve().parent / "entry.py"
 LOG_TAIL_LINES = 40
 
@@ -39,6 +41,24 @@ OnStep = Callable[[int, int, float], None]
 
 class CosmosRlError(RuntimeError):
     """cosmos-rl could not run, failed, or left no export."""
+
+
+class CosmosRlUnfinishedError(CosmosRlError):
+    """cosmos-rl exited 0 but training did not reach its final step (a replica crashed, or it was
+    stopped): the export it left, if any, is an intermediate one and is not installed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        last_step: int | None,
+        total_steps: int | None,
+        refused_export: Path | None,
+        error_lines: list[str],
+    ):
+        super().__init__(message)
+        self.last_step, self.total_steps = last_step, total_steps
+        self.refused_export, self.error_lines = refused_export, error_lines
 
 
 @dataclass(frozen=True)
@@ -86,8 +106,7 @@ def launch_cosmos_rl(
     log_path = Path(log_dir) / "cosmos-rl.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     argv = [*command, "--config", str(toml_path), str(script_path)]
-    losses: list[tuple[int, float]] = []
-    exported: Path | None = None
+    run = RunLog()
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     start = time.perf_counter()
     with open(log_path, "a", encoding="utf-8") as log_file:
@@ -111,25 +130,53 @@ def launch_cosmos_rl(
                 log_file.flush()
                 tail.append(line)
                 log(line)
-                if step := STEP_LINE.search(line):
-                    losses.append((int(step[1]), float(step[3])))
-                    if on_step:
-                        on_step(int(step[1]), int(step[2]), float(step[3]))
-                if export := EXPORT_LINE.search(line):
-                    exported = Path(toml_path).parent / export[1]  # cosmos-rl's working folder
+                if (step := run.feed(line)) and on_step:
+                    on_step(*step)
             returncode = process.wait()
         except BaseException:
             _stop(process)
             raise
     if returncode != 0:
         raise CosmosRlError(f"cosmos-rl exited with code {returncode}{_tail_message(tail, log_path)}")
-    export_dir = exported or _latest_export(output_dir)
+    # A relative export path is relative to cosmos-rl's working folder.
+    export_dir = Path(toml_path).parent / run.exported if run.exported else _latest_export(output_dir)
+    if reason := unfinished_reason(run, export_dir):
+        raise _unfinished_error(reason, run, export_dir, tail, log_path, job_dir=Path(toml_path).parent)
     if export_dir is None or not export_dir.is_dir():
         raise CosmosRlError(
             f"cosmos-rl finished but no export was found (no 'Exported safetensors to' line, nothing in "
             f"{output_dir}/safetensors/step_N){_tail_message(tail, log_path)}"
         )
-    return CosmosRlRun(losses, export_dir, time.perf_counter() - start, log_path)
+    return CosmosRlRun(run.losses, export_dir, time.perf_counter() - start, log_path)
+
+
+def _unfinished_error(
+    reason: str, run: RunLog, export_dir: Path | None, tail: deque[str], log_path: Path, *, job_dir: Path
+) -> CosmosRlUnfinishedError:
+    """The refusal, naming the last step, the export refused and the replica's error lines."""
+    if export_dir is None:
+        refused = "no export to refuse"
+    else:
+        step = export_step(export_dir)
+        refused = f"refused export {export_dir}" + (f" (step {step})" if step is not None else "")
+    errors = run.errors.lines()
+    if errors:
+        shown = f"Error lines from the log (full log: {log_path}):\n" + "\n".join(errors)
+    else:
+        shown = "No error lines in the log" + _tail_message(tail, log_path)
+    message = (
+        f"cosmos-rl exited 0 but {reason}. Last step reached: {run.last_step_text()}; {refused}. "
+        "cosmos-rl exits 0 when a training replica crashes, so its intermediate exports are not "
+        f"installed. The job folder {job_dir} is kept: the next attempt resumes from cosmos-rl's last "
+        f"checkpoint (train.resume = true). {shown}"
+    )
+    return CosmosRlUnfinishedError(
+        message,
+        last_step=run.last_step,
+        total_steps=run.total_steps,
+        refused_export=export_dir,
+        error_lines=errors,
+    )
 
 
 def _stop(process: subprocess.Popen) -> None:
