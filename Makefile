@@ -113,13 +113,17 @@ wheel-check:
 ui: $(VENV)/.installed
 	$(PY) -m avdag.cli ui
 
-## Benchmarks: side-by-side ratios, printed (never asserted in tests).
+## Benchmarks: side-by-side ratios with each goal met or MISSED (never asserted in tests). Every one runs
+## with --check; `make bench` runs them all, then exits 1 naming those that missed a goal.
+## BENCH_ARGS=--quick passes their quick mode.
+BENCHMARKS = bench_ingest bench_captioning bench_platform bench_judge bench_offline_judge
 bench: $(VENV)/.installed
-	$(PY) -m avdag_tests.bench.bench_ingest
-	$(PY) -m avdag_tests.bench.bench_captioning
-	$(PY) -m avdag_tests.bench.bench_platform
-	$(PY) -m avdag_tests.bench.bench_judge
-	$(PY) -m avdag_tests.bench.bench_offline_judge
+	@missed=""; for name in $(BENCHMARKS); do \
+	  echo "== $$name"; \
+	  $(PY) -m avdag_tests.bench.$$name --check $(BENCH_ARGS) || missed="$$missed $$name"; \
+	done; \
+	if [ -n "$$missed" ]; then echo "make bench: goals missed in:$$missed"; exit 1; fi; \
+	echo "make bench: every goal met"
 
 clean:
 	rm -rf $(AVDAG_HOME)

@@ -4,6 +4,7 @@
     python -m avdag_tests.bench.bench_offline_judge --clips 100
     python -m avdag_tests.bench.bench_offline_judge --check       # exit 1 if the new judge misses a field
     python -m avdag_tests.bench.bench_offline_judge --json out.json
+    python -m avdag_tests.bench.bench_offline_judge --quick       # 20 synthetic clips (`make bench BENCH_ARGS=--quick`)
 
 Labels: `--clips` synthetic clips of the demo's generator (seed `--seed`) plus the real clip's label
 shipped with avdag. Every clip is a calibration clip (`calibration_items` with the sample = all), so
@@ -140,13 +141,16 @@ def format_report(report: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clips", type=int, default=DEFAULT_CLIPS, help="synthetic clips (the real one is added)")
+    parser.add_argument(
+        "--clips", type=int, default=None, help=f"synthetic clips, default {DEFAULT_CLIPS} (+ the real one)"
+    )
+    parser.add_argument("--quick", action="store_true", help="20 synthetic clips")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-gap", type=float, default=MIN_GAP)
     parser.add_argument("--check", action="store_true", help="exit 1 when the new judge misses a field")
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args(argv)
-    report = run(args.clips, args.seed, args.min_gap)
+    report = run(args.clips or (20 if args.quick else DEFAULT_CLIPS), args.seed, args.min_gap)
     print(format_report(report))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:

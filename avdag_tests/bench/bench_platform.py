@@ -2,6 +2,7 @@
 
     python -m avdag_tests.bench.bench_platform                 # 6-clip batch, 3 runs
     python -m avdag_tests.bench.bench_platform --check         # exit 1 when the 6-clip goal is missed
+    python -m avdag_tests.bench.bench_platform --quick         # 2 runs instead of 3 (`make bench BENCH_ARGS=--quick`)
     python -m avdag_tests.bench.bench_platform --sizes 6,24    # also a 24-clip batch (no goal; shows the trend)
     python -m avdag_tests.bench.bench_platform --max-new-tokens 48 --json out.json
 
@@ -299,18 +300,20 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m avdag_tests.bench.bench_platform", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--sizes", default=str(GOAL_CLIPS), help="comma-separated batch sizes (clips); default 6")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per size (default 3)")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per size (default 3, 2 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="2 runs per size")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="captioner cap (default: the platform's)")
     parser.add_argument("--work", type=Path, default=None, help="keep the home here (default: a temp dir, removed)")
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     parser.add_argument("--check", action="store_true", help=f"exit 1 when the {GOAL_CLIPS}-clip goal is missed")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    repeats = args.repeats or (2 if args.quick else 3)
     work = args.work or Path(tempfile.mkdtemp(prefix="avdag-bench-platform-"))
     if args.work and (work / "home").exists():
         shutil.rmtree(work / "home")  # a fresh instance every time; the model folder is reused
     try:
-        report = run(sizes, args.repeats, work, args.max_new_tokens, log=lambda m: print(m, flush=True))
+        report = run(sizes, repeats, work, args.max_new_tokens, log=lambda m: print(m, flush=True))
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
