@@ -66,6 +66,9 @@ def _captioner(settings: Settings):
         base_urls=list(settings.vlm_base_urls),
         api_key=dg.EnvVar("AVDAG_VLM_API_KEY") if settings.vlm_api_key_set else "EMPTY",
         served_model=settings.vlm_model,
+        video_transport=settings.vlm_transport,
+        family=settings.vlm_family,
+        server_max_frames=settings.vlm_max_frames,
         **common,
     )
 

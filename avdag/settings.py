@@ -25,9 +25,13 @@ DEFAULT_MAX_NEW_TOKENS = 1024
 DEFAULT_COSMOS_RL_LAUNCHER = "cosmos-rl"
 DEFAULT_CELERY_QUEUE = "dagster"  # dagster-celery's own default: a worker started without -q serves it
 EMBEDDED_MODEL = "embedded:tiny-qwen2.5-vl"
+# Locally built tiny models, by name -> model family (config.json model_type); the first is the default.
+EMBEDDED_MODELS = {EMBEDDED_MODEL: "qwen2_5_vl", "embedded:tiny-qwen3-vl": "qwen3_vl"}
 
 TrainerKind = Literal["embedded", "cosmos-rl"]
 ExecutorKind = Literal["in_process", "celery", "k8s"]
+VlmTransport = Literal["video", "frames"]
+VlmFamily = Literal["qwen2_5_vl", "qwen3_vl"]
 _RENAMED = {"AVDAG_CAPTION_BATCH": "AVDAG_CLIPS_PER_GENERATE"}
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
@@ -54,6 +58,9 @@ class Settings:
     vlm_base_urls: tuple[str, ...]
     vlm_model: str | None
     vlm_api_key_set: bool
+    vlm_transport: VlmTransport
+    vlm_family: VlmFamily
+    vlm_max_frames: int | None
     trainer: TrainerKind
     sft_steps: int | None
     train_after_new_clips: int | None
@@ -98,6 +105,9 @@ class Settings:
             vlm_base_urls=tuple(u.strip() for u in (env.text("AVDAG_VLM_BASE_URLS") or "").split(",") if u.strip()),
             vlm_model=env.text("AVDAG_VLM_MODEL"),
             vlm_api_key_set=bool(env.text("AVDAG_VLM_API_KEY")),
+            vlm_transport=env.choice("AVDAG_VLM_TRANSPORT", VlmTransport, default="video"),
+            vlm_family=env.choice("AVDAG_VLM_FAMILY", VlmFamily, default="qwen2_5_vl"),
+            vlm_max_frames=env.positive_int("AVDAG_VLM_MAX_FRAMES"),
             trainer=env.choice("AVDAG_TRAINER", TrainerKind, default="embedded"),
             sft_steps=env.positive_int("AVDAG_SFT_STEPS"),
             train_after_new_clips=env.positive_int("AVDAG_TRAIN_AFTER_NEW_CLIPS"),

@@ -1,9 +1,12 @@
-"""Build a tiny Qwen2.5-VL-architecture model, tokenizer and processor, locally.
+"""Build a tiny Qwen2.5-VL- or Qwen3-VL-architecture model, tokenizer and processor, locally.
 
 No model hub is reachable here, so the embedded default is a randomly initialised model with
 the exact architecture of Cosmos-Reason1-7B (Qwen2.5-VL) at toy sizes, a byte-level BPE
 tokenizer trained on the project's own prompts and label vocabulary, the Qwen2.5-VL chat
-template and `Qwen2_5_VLProcessor`. It is written with `save_pretrained` and afterwards loaded
+template and `Qwen2_5_VLProcessor`. `family="qwen3_vl"` builds the Cosmos-Reason2 (Qwen3-VL)
+counterpart the same way: patch 16, deepstack vision features, interleaved mrope, the Qwen3-VL
+chat template (no default system turn) and `Qwen3VLProcessor` with its video processor, which
+writes a timestamp before every temporal patch. It is written with `save_pretrained` and afterwards loaded
 with `from_pretrained` on its path — exactly as the 7B model is — so every code path
 (processor, chat template, video frames, generate, SFT loss) is the real one. It demonstrates
 the pipeline, not caption quality.
@@ -59,6 +62,27 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# Qwen3-VL's (Instruct) chat template for system/user/assistant turns with text, image and video
+# items; unlike Qwen2.5-VL's it adds no default system turn. Tool calls are left out.
+QWEN3_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
 
 @dataclass(frozen=True)
 class TinyModelSpec:
@@ -76,28 +100,32 @@ class TinyModelSpec:
     seed: int = 0
 
 
-def build_tiny_model(out_dir: str | Path, corpus: list[str], spec: TinyModelSpec = TinyModelSpec()) -> Path:
-    """Write model, tokenizer and processor to `out_dir` (atomically) and return it.
+def build_tiny_model(
+    out_dir: str | Path, corpus: list[str], spec: TinyModelSpec = TinyModelSpec(), family: str = "qwen2_5_vl"
+) -> Path:
+    """Write model, tokenizer and processor of `family` ("qwen2_5_vl" or "qwen3_vl") to `out_dir`
+    (atomically) and return it.
 
     `corpus` trains the tokenizer; pass the prompts and example labels so the rubric encodes in
     few tokens.
     """
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoModelForImageTextToText
 
+    make_processor, make_config = _BUILDERS[family]
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=out_dir.parent))
     try:
         tokenizer = _train_tokenizer(corpus, spec.vocab_size)
-        processor = _make_processor(tokenizer)
+        processor = make_processor(tokenizer)
         torch.manual_seed(spec.seed)
-        model = Qwen2_5_VLForConditionalGeneration(_make_config(tokenizer, spec))
+        model = AutoModelForImageTextToText.from_config(make_config(tokenizer, spec))
         model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        (staging / "avdag_tiny_spec.json").write_text(json.dumps(asdict(spec), indent=2))
+        (staging / "avdag_tiny_spec.json").write_text(json.dumps({**asdict(spec), "family": family}, indent=2))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)
@@ -208,9 +236,84 @@ def _make_config(tokenizer, spec: TinyModelSpec):
     )
 
 
-def build_embedded_model(out_dir: str | Path, prompts) -> Path:
-    """The embedded default model: a tiny Qwen2.5-VL whose tokenizer learned avdag's prompts and labels."""
-    return build_tiny_model(out_dir, tokenizer_corpus(prompts))
+def _make_qwen3_processor(tokenizer):
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    # Qwen3-VL's shipped preprocessor settings: patch 16, mean/std 0.5.
+    image_processor = Qwen2VLImageProcessor(
+        patch_size=16,
+        merge_size=2,
+        temporal_patch_size=2,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        size={"shortest_edge": 65536, "longest_edge": 16777216},
+    )
+    return Qwen3VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=Qwen3VLVideoProcessor(),
+        chat_template=QWEN3_VL_CHAT_TEMPLATE,
+    )
+
+
+def _make_qwen3_config(tokenizer, spec: TinyModelSpec):
+    from transformers import Qwen3VLConfig
+
+    head_dim = spec.hidden_size // spec.num_heads
+    half = head_dim // 2
+    # Qwen3-VL interleaves (temporal, height, width) over the rotary half; 24/20/20 of 64 at full size.
+    third = (half * 5) // 16
+    mrope = [half - 2 * third, third, third]
+    ids = tokenizer.convert_tokens_to_ids
+    vocab = len(tokenizer)
+    text_config = dict(
+        vocab_size=vocab,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=32768,
+        rope_theta=5000000.0,
+        rope_scaling={"rope_type": "default", "mrope_section": mrope, "mrope_interleaved": True},
+        tie_word_embeddings=True,
+        bos_token_id=ids("<|endoftext|>"),
+        eos_token_id=ids("<|im_end|>"),
+    )
+    vision_config = dict(
+        depth=spec.vision_depth,
+        hidden_size=spec.vision_hidden_size,
+        intermediate_size=2 * spec.vision_hidden_size,
+        num_heads=spec.vision_heads,
+        out_hidden_size=spec.hidden_size,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        num_position_embeddings=256,
+        deepstack_visual_indexes=[0],
+    )
+    return Qwen3VLConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=True,
+    )
+
+
+_BUILDERS = {
+    "qwen2_5_vl": (_make_processor, _make_config),
+    "qwen3_vl": (_make_qwen3_processor, _make_qwen3_config),
+}
+
+
+def build_embedded_model(out_dir: str | Path, prompts, family: str = "qwen2_5_vl") -> Path:
+    """An embedded model: a tiny model of `family` whose tokenizer learned avdag's prompts and labels."""
+    return build_tiny_model(out_dir, tokenizer_corpus(prompts), family=family)
 
 
 def tokenizer_corpus(prompts) -> list[str]:

@@ -74,7 +74,7 @@ class CosmosRlTrainerResource(SftTrainerResource):
             base_model,
             examples,
             output_dir,
-            self.settings(),
+            self.settings_for(self.check_base_model(base_model)),  # frames budgeted for the base model's family
             command=self.launcher,
             progress=progress,
             log=dg.get_dagster_logger().info,

@@ -5,12 +5,17 @@ checkpoint is captioned remotely too when `finetuned_base_urls` serve it (export
 folder to vLLM); otherwise it is captioned by the local engine, as with `CaptionerResource`.
 A remotely served checkpoint is identified by its weights hash, so its captions and scores
 still name the checkpoint they came from.
+
+Clips go as one vLLM video each by default (`video_transport`), at the recipe's frames and timing;
+`family` must name the served model's family, and `server_max_frames` the frame count the servers
+were started for, so an over-long clip is reported with the flag to raise instead of being sent.
 """
 
 from __future__ import annotations
 
 from pydantic import Field
 
+from avdag.core.captioning.model_family import ModelFamily, family_by_name
 from avdag.core.captioning.remote import OpenAIVlmCaptioner
 from avdag.core.common.model_identity import model_fingerprint
 from avdag.resources.captioner import CaptionerResource
@@ -34,8 +39,31 @@ class OpenAIVlmCaptionerResource(CaptionerResource):
     timeout_s: float = 300.0
     max_retries: int = Field(default=2, description="Retries on 429/5xx/timeouts, honouring Retry-After.")
     video_transport: str = Field(
-        default="frames", description="'frames' (any server) or 'video' (vLLM; as the recipe)."
+        default="video",
+        description=(
+            "'video' (vLLM): one video per clip, temporal patches and time positions, as the recipe trains. "
+            "'frames' (any OpenAI-compatible server): one image per frame, about 2x the visual tokens and no "
+            "temporal positions, so not what a fine-tuned model saw."
+        ),
     )
+    family: str = Field(
+        default="qwen2_5_vl",
+        description="The served model's family: 'qwen2_5_vl' (Cosmos-Reason1) or 'qwen3_vl' (Cosmos-Reason2).",
+    )
+    server_max_frames: int | None = Field(
+        default=None,
+        description=(
+            "Frames per clip the servers were started for (--limit-mm-per-prompt: the video's num_frames, or the "
+            "image count for 'frames'); a longer clip fails naming the value to raise. None: only the server checks."
+        ),
+    )
+
+    def model_family(self) -> ModelFamily:
+        """The served model's family, as configured: its config.json is on the servers, not here."""
+        return family_by_name(self.family)
+
+    def settings_family(self) -> ModelFamily:
+        return self.model_family()
 
     def captioner(self, model: str, state: StateStoreResource):
         if model == self.base_model(state):
@@ -58,4 +86,6 @@ class OpenAIVlmCaptionerResource(CaptionerResource):
             max_retries=self.max_retries,
             model_revision=revision,
             video_transport=self.video_transport,  # type: ignore[arg-type]
+            family=self.family,
+            server_max_frames=self.server_max_frames,
         )

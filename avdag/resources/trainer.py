@@ -6,12 +6,14 @@ cluster swaps in the cosmos-rl launcher without touching the asset.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
+from avdag.core.captioning.model_family import ModelFamily, detect_family
 from avdag.core.training.embedded_loop import SftExample, SftResult, SftSettings, train_sft
 
 _DEFAULTS = SftSettings()
@@ -22,6 +24,15 @@ class SftTrainerResource(dg.ConfigurableResource):
 
     def settings(self) -> SftSettings:
         raise NotImplementedError
+
+    def settings_for(self, family: ModelFamily):
+        """`settings()` with frames budgeted for `family` (16 x 9 merged tokens: 28- or 32-pixel tokens)."""
+        return dataclasses.replace(self.settings(), max_pixels=family.max_pixels)
+
+    def check_base_model(self, base_model: str) -> ModelFamily:
+        """The base model's family; UnsupportedModelError (naming the supported families) before any training
+        set-up when its model_type is not one avdag trains, or a fine-tune disagrees with its own record."""
+        return detect_family(base_model)
 
     def train(
         self, base_model: str, examples: list[SftExample], output_dir: Path, progress: Callable[[dict], None]
@@ -73,7 +84,7 @@ class EmbeddedTrainerResource(SftTrainerResource):
             base_model,
             examples,
             output_dir,
-            self.settings(),
+            self.settings_for(self.check_base_model(base_model)),
             device=self.device,
             checkpoint_every=self.checkpoint_every,
             progress=progress,

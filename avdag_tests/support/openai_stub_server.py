@@ -13,7 +13,9 @@ retries and timeouts all run for real. Each test decides the replies with a func
         server.max_concurrent_requests  # most chat requests it was answering at one time
 
 Return a str for a normal chat.completion with that content, or a `StubReply` to inject a
-fault: an HTTP error status, a raw (possibly malformed) body, extra headers, or a delay.
+fault: an HTTP error status, a raw (possibly malformed) body, extra headers, or a delay; or a
+reasoning model's reply, as vLLM's `--reasoning-parser` splits it (`reasoning` in the message's
+`reasoning_content` or `reasoning` field, `content` possibly None).
 If `reply_fn` raises, the server answers 500 with the exception text, so a bug in a test's
 reply function shows up as a failed call instead of a hang.
 
@@ -35,6 +37,10 @@ reply_fn sees it; answered requests carry the same x-ratelimit headers (`rate_li
 leaves them out, for a server that only says Retry-After). A request costs 1 of the request
 quota on arrival and its reply's usage.total_tokens of the token quota. `rate_limited_responses`
 counts the 429s.
+
+Multimodal limits, as vLLM's `--limit-mm-per-prompt` enforces them:
+`OpenAIStubServer(reply_fn, limit_mm_per_prompt={"image": 2, "video": 1})` answers a chat request
+with more image_url (video_url) parts than that 400 with vLLM's own message, before reply_fn sees it.
 """
 
 from __future__ import annotations
@@ -81,6 +87,9 @@ class StubReply:
     body:    raw response bytes/str sent as-is (e.g. truncated JSON).
     headers: extra response headers (e.g. {"retry-after-ms": "10"} to make client retries fast).
     delay_s: seconds to sleep before answering (to trigger client timeouts).
+    reasoning: the reasoning parser's part of a 2xx reply, in the message field `reasoning_field`
+             ("reasoning_content", or "reasoning" as newer vLLM names it); `content` None then
+             leaves the message content null, as vLLM does when the model never closed its <think>.
     """
 
     status: int = 200
@@ -88,6 +97,8 @@ class StubReply:
     body: bytes | str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    reasoning: str | None = None
+    reasoning_field: str = "reasoning_content"
 
 
 ReplyFn = Callable[[dict[str, Any]], "str | StubReply"]
@@ -255,6 +266,7 @@ class OpenAIStubServer:
         rate_limit_tpm: float | None = None,
         rate_limit_burst_s: float = 1.0,
         rate_limit_headers: bool = True,
+        limit_mm_per_prompt: dict[str, int] | None = None,
     ) -> None:
         self.reply_fn: ReplyFn = reply_fn or (lambda request: "<answer>5</answer>")
         self._quotas = [
@@ -263,6 +275,7 @@ class OpenAIStubServer:
             if per_minute is not None
         ]
         self.rate_limit_headers = rate_limit_headers
+        self.limit_mm_per_prompt = dict(limit_mm_per_prompt or {})
         self.rate_limited_responses = 0  # chat requests answered 429 because a quota was empty
         self.requests: list[dict[str, Any]] = []
         self.request_headers: list[dict[str, str]] = []
@@ -348,7 +361,7 @@ class OpenAIStubServer:
 
     def respond(self, body: dict[str, Any], request_index: int) -> tuple[int, bytes, dict[str, str], float]:
         """(status, response bytes, extra headers, delay) for one chat request; a 429 if a quota is empty."""
-        refusal = self._take_quota(body)
+        refusal = self._take_quota(body) or self._over_mm_limit(body)
         if refusal is not None:
             return refusal
         reply = self._reply_for(body)
@@ -378,6 +391,23 @@ class OpenAIStubServer:
         error = {"error": {"message": message, "type": limit.kind, "param": None, "code": "rate_limit_exceeded"}}
         headers |= {"retry-after": str(math.ceil(wait_s)), "retry-after-ms": str(math.ceil(wait_s * 1000))}
         return 429, json.dumps(error).encode(), headers, 0.0
+
+    def _over_mm_limit(self, body: dict[str, Any]) -> tuple[int, bytes, dict[str, str], float] | None:
+        """vLLM's 400 for more items of a modality than `--limit-mm-per-prompt` allows."""
+        parts = [
+            part
+            for message in body.get("messages") or []
+            if isinstance(message.get("content"), list)
+            for part in message["content"]
+        ]
+        for modality, limit in self.limit_mm_per_prompt.items():
+            count = sum(1 for part in parts if part.get("type") == f"{modality}_url")
+            if count > limit:
+                message = f"At most {limit} {modality}(s) may be provided in one prompt."
+                if limit > 0:
+                    message += " Set `--limit-mm-per-prompt` to increase this limit."
+                return 400, json.dumps(error_body(400, message)).encode(), {}, 0.0
+        return None
 
     def _charge_tokens(self, reply: StubReply, payload: bytes) -> dict[str, str]:
         """Take an answered reply's usage from the token quota; the x-ratelimit headers it goes out with."""
@@ -413,6 +443,11 @@ class OpenAIStubServer:
             return reply.body.encode() if isinstance(reply.body, str) else reply.body
         if 200 <= reply.status < 300:
             payload = chat_completion_body(str(body.get("model", "stub")), reply.content or "", request_index)
+            if reply.reasoning is not None:
+                message = payload["choices"][0]["message"]
+                message[reply.reasoning_field] = reply.reasoning
+                if reply.content is None:
+                    message["content"] = None
         else:
             payload = error_body(reply.status, reply.content or f"stub error {reply.status}")
         return json.dumps(payload).encode()

@@ -22,9 +22,17 @@ from pathlib import Path
 
 from avdag.core.captioning.answers import answer_is_complete
 from avdag.core.captioning.conversations import caption_messages
-from avdag.core.captioning.model import CaptionOutput, GenerationSettings, load_model_and_processor, resolve_device
+from avdag.core.captioning.model import (
+    CaptionOutput,
+    GenerationSettings,
+    load_model_and_processor,
+    resolve_device,
+    sample_for,
+    video_kwargs,
+)
+from avdag.core.captioning.model_family import ModelFamily
 from avdag.core.common.model_identity import model_fingerprint
-from avdag.core.ingest.video import SampledVideo, VideoError, sample_frames
+from avdag.core.ingest.video import SampledVideo, VideoError
 
 
 @dataclass(frozen=True)
@@ -50,12 +58,13 @@ def default_clips_per_generate(device: str) -> int:
 
 
 class VlmCaptioner:
-    """Answers the rubric for many clips with a Qwen2.5-VL-architecture model.
+    """Answers the rubric for many clips with a Qwen2.5-VL or Qwen3-VL model (see `model_family`).
 
     `clips_per_generate` clips share one `generate` (default: `default_clips_per_generate` of the device);
     `devices` lists where model copies run (e.g. ["cuda:0", "cuda:1"]); "auto" means one copy on
     cuda:0 if present, else the CPU. `recorded_as` is what captions name as their model when
-    `model_path` is a node-local copy (the state-store URL of a fetched checkpoint).
+    `model_path` is a node-local copy (the state-store URL of a fetched checkpoint). `expected_family`
+    refuses a checkpoint of another family (e.g. a fine-tune of the other base) before it is loaded.
     """
 
     def __init__(
@@ -67,8 +76,10 @@ class VlmCaptioner:
         settings: GenerationSettings = GenerationSettings(),
         clips_per_generate: int | None = None,
         devices: Sequence[str] | None = None,
+        expected_family: ModelFamily | None = None,
     ):
         self.model_path = recorded_as or str(model_path)
+        self.expected_family = expected_family
         self.local_path = str(model_path)
         self.settings = settings
         self.devices = [resolve_device(d) for d in (devices or [device])]
@@ -151,7 +162,7 @@ class VlmCaptioner:
     def _model(self, slot: int):
         with self._load_lock:
             if slot not in self._models:
-                model, processor = load_model_and_processor(self.local_path, self.devices[slot])
+                model, processor = load_model_and_processor(self.local_path, self.devices[slot], self.expected_family)
                 processor.tokenizer.padding_side = "left"  # generation continues every row from its last prompt token
                 self._models[slot] = (model.eval(), processor)
             return self._models[slot]
@@ -170,7 +181,7 @@ class VlmCaptioner:
             start = time.perf_counter()
             messages = caption_messages(system_prompt, user_prompt, path, fps=s.fps, max_pixels=s.max_pixels)
             try:
-                video = sample_frames(path, fps=s.fps, max_pixels=s.max_pixels)
+                video = sample_for(processor, path, fps=s.fps, max_pixels=s.max_pixels)
             except (VideoError, OSError) as error:
                 prepared.append(PreparedClip(index, path, error=f"{path}: {error}"))
                 continue
@@ -203,9 +214,7 @@ class VlmCaptioner:
         model, processor = self._model(slot)
         inputs = processor(
             text=[c.text for c in ready],
-            videos=[c.video.frames for c in ready],
-            fps=[c.video.sample_fps for c in ready],
-            do_resize=False,
+            **video_kwargs(processor, [c.video for c in ready]),
             padding=True,
             return_tensors="pt",
         ).to(model.device)

@@ -48,3 +48,14 @@ def model_fingerprint(model_path: str) -> str:
     if path.is_dir():
         return "sha256:" + weights_sha256(path)[:16]
     return f"hub:{model_path}"
+
+
+def model_type(model_path: str | Path) -> str | None:
+    """config.json's model_type of a local checkpoint (its family, e.g. 'qwen2_5_vl'); None when unreadable.
+
+    For lineage and records only: loading checks the family strictly (avdag.core.captioning.model_family).
+    """
+    try:
+        return json.loads((Path(model_path) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None

@@ -1,15 +1,17 @@
 """Video probing and recipe-exact frame sampling, decoded with PyAV.
 
-The captioning recipe feeds Qwen2.5-VL-architecture models (e.g. Cosmos-Reason1-7B) frames chosen
-by ``qwen_vl_utils.fetch_video`` (qwen-vl-utils 0.0.14). A model fine-tuned on those frames should be
-prompted with the very same frames, so ``sample_frames`` re-implements that recipe step by step:
+The captioning recipe feeds Qwen-VL models (Cosmos-Reason1-7B is a Qwen2.5-VL, Cosmos-Reason2 a
+Qwen3-VL) frames chosen by ``qwen_vl_utils.fetch_video`` (qwen-vl-utils 0.0.14), called with
+``image_patch_size`` 14 for Qwen2.5-VL and 16 for Qwen3-VL. A model fine-tuned on those frames should
+be prompted with the very same frames, so ``sample_frames`` re-implements that recipe step by step:
 
 1. ``smart_nframes``: ``duration * fps`` frames, clamped to ``[min_frames, max_frames]`` and the
-   stream length, floored to a multiple of ``FRAME_FACTOR`` (2).
+   stream length, floored to a multiple of ``frame_factor`` (``FRAME_FACTOR``, 2).
 2. indices ``torch.linspace(0, total_frames - 1, nframes).round()``.
-3. ``smart_resize`` to multiples of ``IMAGE_FACTOR`` (28) inside ``[min_pixels, max_pixels]``, where
-   ``min_pixels`` defaults to ``VIDEO_MIN_PIXELS`` and ``max_pixels`` is further capped by the
-   per-frame and total-pixel budgets, as qwen-vl-utils does.
+3. ``smart_resize`` to multiples of ``factor`` (patch x merge: ``IMAGE_FACTOR`` 28 for Qwen2.5-VL, 32
+   for Qwen3-VL) inside ``[min_pixels, max_pixels]``, where ``min_pixels`` defaults to 128 merged
+   tokens and ``max_pixels`` is further capped by the per-frame (768 tokens) and total-pixel budgets,
+   as qwen-vl-utils does.
 4. torchvision bicubic antialiased resize of the uint8 frames, then ``float()``.
 
 Unlike the recipe's readers it decodes sequentially and keeps only the wanted frames (converted to
@@ -76,12 +78,19 @@ __all__ = [
 IMAGE_FACTOR = 28
 FRAME_FACTOR = 2
 RECIPE_FPS = 2.0
-# The recipe passes RECIPE_MAX_PIXELS + 1 to absorb float error; both give the same resize.
+# Exactly what the conversations record. Not interchangeable with RECIPE_MAX_PIXELS + 1 (a guard some
+# scripts add against float error): where the budget fits a frame exactly, the float beta of
+# smart_resize lands just below or above the factor, e.g. 214x856 -> 140x644 here but 168x672 with + 1.
+# Sampling with the recorded value is what qwen-vl-utils does when it reads the conversation.
 RECIPE_MAX_PIXELS = 16 * 9 * IMAGE_FACTOR * IMAGE_FACTOR
-VIDEO_MIN_PIXELS = 128 * IMAGE_FACTOR * IMAGE_FACTOR
-VIDEO_MAX_PIXELS = 768 * IMAGE_FACTOR * IMAGE_FACTOR
+# qwen-vl-utils' per-frame bounds in merged tokens; in pixels they scale with the model's factor.
+VIDEO_MIN_TOKENS = 128
+VIDEO_MAX_TOKENS = 768
 # qwen-vl-utils' default total budget: MODEL_SEQ_LEN (128000 unless its env var says otherwise) tokens.
-VIDEO_TOTAL_PIXELS = 128000 * IMAGE_FACTOR * IMAGE_FACTOR * 0.9
+MODEL_SEQ_LEN = 128000
+VIDEO_MIN_PIXELS = VIDEO_MIN_TOKENS * IMAGE_FACTOR * IMAGE_FACTOR
+VIDEO_MAX_PIXELS = VIDEO_MAX_TOKENS * IMAGE_FACTOR * IMAGE_FACTOR
+VIDEO_TOTAL_PIXELS = MODEL_SEQ_LEN * IMAGE_FACTOR * IMAGE_FACTOR * 0.9
 MAX_ASPECT_RATIO = 200
 DEFAULT_MIN_FRAMES = 4
 DEFAULT_MAX_FRAMES = 768
@@ -130,6 +139,16 @@ class SampledVideo:
     frames: torch.Tensor  # float32, T x 3 x H x W, values 0..255
     sample_fps: float  # fps the sampled frames represent, as qwen-vl-utils' video_kwargs["fps"]
     frame_indices: list[int]  # source frame indices taken, in order
+    video_fps: float = 0.0  # the source's frame rate; with frame_indices, Qwen3-VL's frame timestamps
+    total_frames: int = 0  # source frames the plan was made over
+
+    def metadata(self) -> dict:
+        """qwen-vl-utils' ``video_metadata`` for these frames (what Qwen3-VL's processor timestamps from)."""
+        return {
+            "fps": self.video_fps,
+            "frames_indices": list(self.frame_indices),
+            "total_num_frames": self.total_frames,
+        }
 
 
 # --- Recipe arithmetic (pure functions, mirrored from qwen-vl-utils) ------------------------------
@@ -154,14 +173,15 @@ def smart_nframes(
     fps: float = RECIPE_FPS,
     min_frames: int = DEFAULT_MIN_FRAMES,
     max_frames: int = DEFAULT_MAX_FRAMES,
+    frame_factor: int = FRAME_FACTOR,
 ) -> int:
-    """How many frames the recipe feeds the model: ``fps`` per second, clamped, even."""
-    min_frames = _ceil_by_factor(min_frames, FRAME_FACTOR)
-    max_frames = _floor_by_factor(min(max_frames, total_frames), FRAME_FACTOR)
+    """How many frames the recipe feeds the model: ``fps`` per second, clamped, a multiple of ``frame_factor``."""
+    min_frames = _ceil_by_factor(min_frames, frame_factor)
+    max_frames = _floor_by_factor(min(max_frames, total_frames), frame_factor)
     wanted = total_frames / video_fps * fps
-    nframes = _floor_by_factor(min(max(wanted, min_frames), max_frames, total_frames), FRAME_FACTOR)
-    if not FRAME_FACTOR <= nframes <= total_frames:
-        raise ValueError(f"nframes should be in [{FRAME_FACTOR}, {total_frames}], got {nframes}")
+    nframes = _floor_by_factor(min(max(wanted, min_frames), max_frames, total_frames), frame_factor)
+    if not frame_factor <= nframes <= total_frames:
+        raise ValueError(f"nframes should be in [{frame_factor}, {total_frames}], got {nframes}")
     return nframes
 
 
@@ -193,9 +213,14 @@ def smart_resize(
     return h_bar, w_bar
 
 
-def _effective_max_pixels(max_pixels: float, min_pixels: int, nframes: int) -> float:
-    """The element's max_pixels, capped by the per-frame and whole-video budgets of fetch_video."""
-    budget = max(min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / nframes * FRAME_FACTOR), int(min_pixels * 1.05))
+def _effective_max_pixels(
+    max_pixels: float, min_pixels: int, nframes: int, factor: int = IMAGE_FACTOR, frame_factor: int = FRAME_FACTOR
+) -> float:
+    """The element's max_pixels, capped by the per-frame and whole-video budgets of fetch_video (in merged
+    tokens, so in pixels they scale with the model's factor)."""
+    per_frame = VIDEO_MAX_TOKENS * factor * factor
+    total = MODEL_SEQ_LEN * factor * factor * 0.9  # the same float expression as fetch_video's
+    budget = max(min(per_frame, total / nframes * frame_factor), int(min_pixels * 1.05))
     return min(max_pixels, budget)
 
 
@@ -457,9 +482,10 @@ def _resize_frame(rgb: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class _ResizeRule:
     min_pixels: int
     max_pixels: float
+    factor: int = IMAGE_FACTOR
 
     def target(self, height: int, width: int) -> tuple[int, int]:
-        return smart_resize(height, width, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+        return smart_resize(height, width, min_pixels=self.min_pixels, max_pixels=self.max_pixels, factor=self.factor)
 
 
 def _resize_target(path: Path, resize: _ResizeRule, frame: av.VideoFrame) -> tuple[int, int]:
@@ -493,8 +519,12 @@ def _decode_wanted(path: Path, wanted: list[int], resize: _ResizeRule) -> tuple[
     return kept, decoded
 
 
-def _sample_plan(total_frames: int, video_fps: float, fps: float, min_frames: int, max_frames: int) -> list[int]:
-    nframes = smart_nframes(total_frames, video_fps, fps=fps, min_frames=min_frames, max_frames=max_frames)
+def _sample_plan(
+    total_frames: int, video_fps: float, fps: float, min_frames: int, max_frames: int, frame_factor: int
+) -> list[int]:
+    nframes = smart_nframes(
+        total_frames, video_fps, fps=fps, min_frames=min_frames, max_frames=max_frames, frame_factor=frame_factor
+    )
     return frame_indices(total_frames, nframes)
 
 
@@ -506,9 +536,13 @@ def sample_frames(
     min_pixels: int | None = None,
     min_frames: int = DEFAULT_MIN_FRAMES,
     max_frames: int = DEFAULT_MAX_FRAMES,
+    factor: int = IMAGE_FACTOR,
+    frame_factor: int = FRAME_FACTOR,
 ) -> SampledVideo:
     """The frames qwen-vl-utils' ``fetch_video`` gives for ``{"video": path, "fps": ..., ...}``.
 
+    ``factor`` is the model's patch x merge size (28 for Qwen2.5-VL, 32 for Qwen3-VL, i.e. fetch_video's
+    ``image_patch_size`` times 2); the default ``min_pixels`` (128 merged tokens) scales with it.
     Only the sampled frames are converted to RGB and kept, so memory does not grow with clip length.
     If fewer frames decode than the header promises (a cut-off recording), the plan is redone once on
     the decoded count. Raises VideoError for unusable files, ValueError for inconsistent arguments.
@@ -516,17 +550,18 @@ def sample_frames(
     import torch
 
     path = Path(path)
-    min_px = VIDEO_MIN_PIXELS if min_pixels is None else min_pixels
+    min_px = VIDEO_MIN_TOKENS * factor * factor if min_pixels is None else min_pixels
     if max_pixels < min_px:
         raise ValueError(f"max_pixels ({max_pixels}) must be >= min_pixels ({min_px})")
     with _open_video_stream(path) as (_, stream):
         video_fps = _stream_fps(path, stream)
         total_frames = _total_frames(path, stream)
     for _attempt in range(2):
-        if total_frames < FRAME_FACTOR:
-            raise VideoError(path, f"too short: {total_frames} frame(s), need at least {FRAME_FACTOR}")
-        wanted = _sample_plan(total_frames, video_fps, fps, min_frames, max_frames)
-        resize = _ResizeRule(min_px, _effective_max_pixels(max_pixels, min_px, len(wanted)))
+        if total_frames < frame_factor:
+            raise VideoError(path, f"too short: {total_frames} frame(s), need at least {frame_factor}")
+        wanted = _sample_plan(total_frames, video_fps, fps, min_frames, max_frames, frame_factor)
+        max_px = _effective_max_pixels(max_pixels, min_px, len(wanted), factor, frame_factor)
+        resize = _ResizeRule(min_px, max_px, factor)
         kept, decoded = _decode_wanted(path, wanted, resize)
         if decoded == 0:
             raise VideoError(path, "truncated: decoded 0 frames")
@@ -535,6 +570,8 @@ def sample_frames(
                 frames=torch.stack(kept).float(),
                 sample_fps=len(wanted) / total_frames * video_fps,
                 frame_indices=wanted,
+                video_fps=video_fps,
+                total_frames=total_frames,
             )
         # Header over-stated the length (cut-off recording): re-plan on what actually decodes.
         total_frames = decoded

@@ -22,7 +22,8 @@ import pandas as pd
 from avdag.core.captioning.answers import parse_answer
 from avdag.core.captioning.caption_cache import cache_entry, caption_key
 from avdag.core.captioning.model import CaptionSource
-from avdag.core.common.model_identity import model_fingerprint
+from avdag.core.captioning.model_family import known_family
+from avdag.core.common.model_identity import model_fingerprint, model_type
 from avdag.core.common.state_store import ContentMismatchError, StateStore
 
 SOURCES = ("baseline", "finetuned")
@@ -270,6 +271,7 @@ def _checkpoint(store: StateStore, scratch: str | Path, score: dict[str, Any]) -
         values.update(
             trainer=record.get("trainer", "embedded"),
             base_model=record.get("base_model"),
+            base_family=record.get("base_family"),
             train_clips=len(record.get("examples") or []),
             settings=record.get("settings"),
             final_loss=losses[-1][1] if losses else None,
@@ -306,6 +308,8 @@ def _base_model(store: StateStore, scratch: str | Path, score: dict[str, Any]) -
         values["model_hash"] = model_fingerprint(local)
     except FileNotFoundError as error:
         return _checked(values, [str(error)])
+    known = known_family(path)
+    values["family"] = model_type(local) or (known.name if known else None)
     return _checked(values, _differences(values, {"model_hash": score["model_hash"]}))
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from avdag.core.captioning.model import encode_conversation, load_model_and_processor
+from avdag.core.captioning.model_family import BASE_FAMILY_KEY, detect_family
 from avdag.core.common.atomic import atomic_directory
 from avdag.core.common.model_identity import model_fingerprint
 
@@ -53,7 +54,7 @@ class SftSettings:
     grad_clip: float = 1.0
     seed: int = 0
     fps: float = 2.0
-    max_pixels: int = 16 * 9 * 28 * 28
+    max_pixels: int = 16 * 9 * 28 * 28  # Qwen2.5-VL's recipe budget; see SftTrainerResource.settings_for
     lora_rank: int = 0  # 0: full fine-tune; >0: LoRA on LORA_TARGET_MODULES, merged at export
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -156,8 +157,9 @@ def train_sft(
     output_dir = Path(output_dir)
     state_dir = Path(state_dir) if state_dir else output_dir.with_name(output_dir.name + ".state")
     fingerprint = run_fingerprint(base_model, settings, examples)
+    family = detect_family(base_model)  # refuses an unsupported or inconsistent base before loading it
     torch.manual_seed(settings.seed)  # LoRA's initial adapter weights
-    model, processor = load_model_and_processor(base_model, device)
+    model, processor = load_model_and_processor(base_model, device, family)
     load_dtype = model.dtype
     model.train()
     lora = _add_lora(model, settings) if settings.lora_rank else None
@@ -188,6 +190,7 @@ def train_sft(
         "seconds": seconds,
         "resumed_from": resumed.step,
         "base_model": base_model,
+        BASE_FAMILY_KEY: family.name,  # a loader refuses this checkpoint as the other family
         "examples": [e.clip_id for e in examples],
     }
     _save_atomically(export, processor, output_dir, record)

@@ -37,11 +37,23 @@ def code_versions(resources: dict[str, Any]) -> dict[str, str]:
     """Asset name → code version for captions, checkpoint and judge scores."""
     captioner, judge, trainer = resources["captioner"], resources["judge"], resources["trainer"]
     prompts = captioner.prompts()
+    # The model family decides frame geometry and the prompt's video tokens: a Qwen3-VL is not a Qwen2.5-VL.
+    family = captioner.settings_family()
     caption = _digest(
-        "caption", prompts.caption_hash, captioner.model, captioner.settings().fingerprint(), _served_model(captioner)
+        "caption",
+        prompts.caption_hash,
+        captioner.model,
+        family.name,
+        captioner.settings().fingerprint(),
+        _served_model(captioner),
     )
     training = _digest(
-        "training", type(trainer).__name__, trainer.settings().as_dict(), prompts.caption_hash, captioner.model
+        "training",
+        type(trainer).__name__,
+        trainer.settings_for(family).as_dict(),
+        prompts.caption_hash,
+        captioner.model,
+        family.name,
     )
     judging = _digest(
         "judge",

@@ -9,6 +9,8 @@ import dagster as dg
 import pandas as pd
 
 from avdag.core.captioning.conversations import sft_messages
+from avdag.core.captioning.model_family import BASE_FAMILY_KEY
+from avdag.core.common.atomic import write_bytes_atomic
 from avdag.core.common.labels import format_label_as_answer
 from avdag.core.common.locks import file_lock
 from avdag.core.common.model_identity import model_fingerprint
@@ -79,10 +81,11 @@ def sft_checkpoint(
     captions with it fetches the folder onto its own node.
     """
     prompts = captioner.prompts()
-    settings = trainer.settings()
     clips = train_split(raw_clips, split_manifest)
     base_model = captioner.base_model(state)
     base_local = state.local_model(base_model)
+    family = trainer.check_base_model(base_local)  # an unsupported model_type stops here, before any work
+    settings = trainer.settings_for(family)  # frames budgeted in the family's own tokens
     base_hash = model_fingerprint(base_local)
     checkpoint_id = _checkpoint_id(base_hash, settings.as_dict(), clips, prompts.caption_hash)
     store, scratch = state.store(), state.scratch()
@@ -92,7 +95,7 @@ def sft_checkpoint(
     # reuses what the holder trained and stored instead of training the same folder again.
     with file_lock(output_dir):
         losses, seconds, status = _train_or_reuse(
-            context, trainer, base_local, clips, prompts, settings, state, checkpoint_id, key, output_dir
+            context, trainer, base_local, clips, prompts, settings, state, checkpoint_id, key, output_dir, family.name
         )
     info = {
         "path": store.uri(key),
@@ -100,6 +103,7 @@ def sft_checkpoint(
         "weights_hash": model_fingerprint(str(store.fetch_folder(key, scratch))),
         "base_model": base_model,
         "base_model_hash": base_hash,
+        "base_family": family.name,
         "prompt_hash": prompts.caption_hash,
         "split_manifest_hash": manifest_hash(split_manifest),
         "train_clips": [c.clip_id for c in clips],
@@ -115,6 +119,7 @@ def sft_checkpoint(
         metadata={
             "status": status,
             "trainer": type(trainer).__name__,
+            "base_family": family.name,
             "checkpoint_id": dg.MetadataValue.text(checkpoint_id),
             "split_manifest_hash": dg.MetadataValue.text(info["split_manifest_hash"]),
             "train_clips": len(clips),
@@ -134,7 +139,9 @@ def manifest_hash(split_manifest: pd.DataFrame) -> str:
     return hashlib.sha256(rows.to_csv(index=False).encode()).hexdigest()[:16]
 
 
-def _train_or_reuse(context, trainer, base_local, clips, prompts, settings, state, checkpoint_id, key, output_dir):
+def _train_or_reuse(
+    context, trainer, base_local, clips, prompts, settings, state, checkpoint_id, key, output_dir, base_family
+):
     """(losses, seconds, "trained" | "cached"), the checkpoint stored under `key`; called holding its lock."""
     store = state.store()
     if store.is_complete(key):
@@ -162,5 +169,16 @@ def _train_or_reuse(context, trainer, base_local, clips, prompts, settings, stat
             )
 
     result = trainer.train(base_local, examples, output_dir, progress)
+    _record_base_family(output_dir, base_family)
     store.put_folder(output_dir, key)  # every file, then the marker
     return result.losses, result.seconds, "trained"
+
+
+def _record_base_family(output_dir: Path, base_family: str) -> None:
+    """Name the base's family in the checkpoint's training record (whichever trainer wrote it), so the
+    checkpoint is never loaded as the other family; a trainer that recorded another one is a bug."""
+    path = output_dir / TRAINING_RECORD
+    record = json.loads(path.read_text())
+    if record.setdefault(BASE_FAMILY_KEY, base_family) != base_family:
+        raise RuntimeError(f"{path} names base family {record[BASE_FAMILY_KEY]!r}, the base model is {base_family!r}")
+    write_bytes_atomic(path, json.dumps(record, indent=2).encode())

@@ -116,7 +116,7 @@ def reference_sample(vision_process: ModuleType, path: Path) -> tuple[torch.Tens
     messages = [
         {
             "role": "user",
-            "content": [{"type": "video", "video": str(path), "fps": 2, "max_pixels": RECIPE_MAX_PIXELS + 1}],
+            "content": [{"type": "video", "video": str(path), "fps": 2, "max_pixels": RECIPE_MAX_PIXELS}],
         }
     ]
     _, videos, video_kwargs = vision_process.process_vision_info(messages, return_video_kwargs=True)
@@ -230,6 +230,25 @@ def test_resize_target_matches_recipe(height: int, width: int, max_pixels: int) 
         height, width, factor=IMAGE_FACTOR, min_pixels=VIDEO_MIN_PIXELS, max_pixels=max_pixels
     )
     assert smart_resize(height, width, min_pixels=VIDEO_MIN_PIXELS, max_pixels=max_pixels) == expected
+
+
+@pytest.mark.parametrize("factor", [28, 32], ids=["qwen2_5_vl", "qwen3_vl"])
+def test_resize_sweep_matches_recipe_and_max_pixels_plus_one_is_not_the_same(factor: int) -> None:
+    """Every even size up to 4:1 against qwen-vl-utils at the recipe budget for both patch sizes; the
+    budget + 1 (a float-error guard) resizes some exact-fit sizes differently, so it is not equivalent."""
+    vision_process = pytest.importorskip("qwen_vl_utils.vision_process")
+    budget, min_pixels = 16 * 9 * factor * factor, 128 * factor * factor
+    differ = []
+    for height in range(100, 1300, 6):
+        for width in range(height, min(4 * height, 2000) + 1, 6):
+            ours = smart_resize(height, width, min_pixels=min_pixels, max_pixels=budget, factor=factor)
+            assert ours == vision_process.smart_resize(height, width, factor, min_pixels, budget)
+            if ours != vision_process.smart_resize(height, width, factor, min_pixels, budget + 1):
+                differ.append((height, width))
+    assert differ, "expected exact-fit sizes where max_pixels + 1 rounds differently"
+    if factor == IMAGE_FACTOR:
+        assert smart_resize(214, 856, min_pixels=min_pixels, max_pixels=budget) == (140, 644)
+        assert smart_resize(214, 856, min_pixels=min_pixels, max_pixels=budget + 1) == (168, 672)
 
 
 # --- 2. probe -------------------------------------------------------------------------------------

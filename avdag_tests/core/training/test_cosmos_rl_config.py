@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from avdag.core.captioning.conversations import sft_messages
+from avdag.core.captioning.model_family import QWEN2_5_VL, QWEN3_VL
 from avdag.core.training.cosmos_rl import entry as cosmos_rl_entry_module
 from avdag.core.training.cosmos_rl.config import (
     CosmosRlSettings,
@@ -214,6 +215,8 @@ def test_tp_size_timestamp_logger_and_custom_table_are_set():
         "conversations_jsonl": "/jobs/sft-1/conversations.jsonl",
         "fps": 2.0,
         "max_pixels": 16 * 9 * 28 * 28,
+        "model_type": "qwen2_5_vl",
+        "image_patch_size": 14,
     }
 
 
@@ -268,9 +271,18 @@ def test_written_keys_are_cosmos_rl_fields_except_the_recipes_legacy_ones(cosmos
     assert "train.epochs" in unknown_keys(config, cosmos_config_class)
 
 
-def test_cosmos_rl_loads_the_written_toml_as_avdag_meant(cosmos_config_class, tmp_path):
+@pytest.mark.parametrize("family", [QWEN2_5_VL, QWEN3_VL], ids=lambda f: f.name)
+def test_cosmos_rl_loads_the_written_toml_as_avdag_meant(cosmos_config_class, tmp_path, family):
     toml = pytest.importorskip("toml", reason="cosmos-rl reads configs with the 'toml' package (cosmos extra)")
-    config = job_config(CosmosRlSettings(mini_batch=2, train_batch_per_replica=8))
+    settings = CosmosRlSettings(mini_batch=2, train_batch_per_replica=8, max_pixels=family.max_pixels)
+    config = build_cosmos_rl_config(
+        settings,
+        model="/models/base",
+        dataset_path="/jobs/sft-1/conversations.jsonl",
+        output_dir="/jobs/sft-1/outputs",
+        run_id="sft-1",
+        family=family,
+    )
     write_cosmos_rl_toml(config, tmp_path / "job.toml")
     loaded = toml.load(tmp_path / "job.toml")  # as cosmos-rl's launcher and controller read it
     assert loaded == config
@@ -362,3 +374,58 @@ def test_overlong_examples_are_reported_by_clip_id_with_their_token_counts(tiny_
     assert (
         overlong_examples([short, real], processor, CosmosRlSettings(model_max_length=counts["solidWhiteRight"])) == []
     )
+
+
+# --- the Qwen3-VL family (Cosmos-Reason2) ---------------------------------------------------------
+
+
+def test_a_qwen3_vl_job_names_its_family_and_refuses_another_model(tiny_model_path, examples, tmp_path):
+    from avdag.resources.captioner import CaptionerResource
+    from avdag.resources.storage import StateStoreResource
+
+    qwen3 = CaptionerResource(model="embedded:tiny-qwen3-vl").base_model(StateStoreResource())
+    settings = CosmosRlSettings(max_pixels=QWEN3_VL.max_pixels)
+    config = build_cosmos_rl_config(
+        settings, model=qwen3, dataset_path=tmp_path / "c.jsonl", output_dir=tmp_path / "out", run_id="r"
+    )  # the family is read from the model folder
+    assert config["custom"] | {"conversations_jsonl": None} == {
+        "conversations_jsonl": None,
+        "fps": 2.0,
+        "max_pixels": 16 * 9 * 32 * 32,
+        "model_type": "qwen3_vl",
+        "image_patch_size": 16,
+    }
+    assert tomllib.loads(to_toml(config)) == config
+    qwen3_examples = [
+        SftExample(
+            e.clip_id,
+            e.video_path,
+            json.loads(json.dumps(e.messages).replace('"max_pixels": 112896', '"max_pixels": 147456')),
+        )
+        for e in examples
+    ]
+    write_conversations_jsonl(qwen3_examples, tmp_path / "c.jsonl")
+    entry = load_entry_script()
+    job = SimpleNamespace(custom=config["custom"], policy=SimpleNamespace(model_name_or_path=qwen3))
+    assert len(entry.get_dataset(job)) == len(examples)
+    job.policy.model_name_or_path = tiny_model_path  # a Qwen2.5-VL under a job sized for Qwen3-VL
+    with pytest.raises(ValueError, match="prepared for 'qwen3_vl'"):
+        entry.get_dataset(job)
+
+
+def test_the_pre_launch_token_count_works_for_qwen3_vl(examples):
+    """The check cosmos-rl jobs run before launch encodes with the model's own processor and metadata."""
+    from transformers import AutoProcessor
+
+    from avdag.resources.captioner import CaptionerResource
+    from avdag.resources.storage import StateStoreResource
+
+    processor = AutoProcessor.from_pretrained(
+        CaptionerResource(model="embedded:tiny-qwen3-vl").base_model(StateStoreResource())
+    )
+    settings = CosmosRlSettings(max_pixels=QWEN3_VL.max_pixels)
+    tokens = encode_example(processor, examples[0], settings)["input_ids"].shape[1]
+    assert overlong_examples(examples[:1], processor, CosmosRlSettings(max_pixels=QWEN3_VL.max_pixels)) == []
+    assert overlong_examples(
+        examples[:1], processor, CosmosRlSettings(max_pixels=QWEN3_VL.max_pixels, model_max_length=tokens - 1)
+    ) == [(examples[0].clip_id, tokens)]

@@ -191,8 +191,8 @@ def test_a_bf16_model_trains_fp32_master_weights_and_exports_bf16(
     """The GPU's dtype on the CPU: the model loads in bf16, as load_model_and_processor does on CUDA."""
     load = training_loop.load_model_and_processor
 
-    def load_in_bf16(path, device):
-        model, processor = load(path, device)
+    def load_in_bf16(path, device, *family):
+        model, processor = load(path, device, *family)
         return model.to(torch.bfloat16), processor
 
     monkeypatch.setattr(training_loop, "load_model_and_processor", load_in_bf16)
@@ -224,3 +224,43 @@ def test_checkpoint_cadence_is_not_part_of_the_checkpoint_identity():
     )
     lora = EmbeddedTrainerResource(lora_rank=8, lora_alpha=32, lora_dropout=0.05).settings()
     assert (lora.lora_rank, lora.lora_alpha, lora.lora_dropout) == (8, 32, 0.05)
+
+
+@pytest.mark.parametrize("lora_rank", [0, 8], ids=["full", "lora"])
+def test_a_qwen3_vl_base_trains_exports_and_reloads_as_qwen3_vl(tmp_path, lora_rank):
+    """The other family through the same loop: 32-pixel frames with timestamps, LoRA on the same projections."""
+    from avdag.core.captioning.model import load_model_and_processor
+    from avdag.core.captioning.model_family import (
+        QWEN2_5_VL,
+        QWEN3_VL,
+        UnsupportedModelError,
+        detect_family,
+        require_family,
+    )
+    from avdag.resources.captioner import CaptionerResource
+    from avdag.resources.storage import StateStoreResource
+
+    base = CaptionerResource(model="embedded:tiny-qwen3-vl").base_model(StateStoreResource())
+    prompts = load_prompt_set()
+    messages = sft_messages(
+        prompts.system_prompt, prompts.user_prompt, REAL_VIDEO, REAL_LABEL, fps=2.0, max_pixels=QWEN3_VL.max_pixels
+    )
+    settings = EmbeddedTrainerResource(steps=2, batch_size=1, learning_rate=1e-2, warmup_steps=1, lora_rank=lora_rank)
+    result = train_sft(
+        base,
+        [SftExample("solidWhiteRight", REAL_VIDEO, messages)],
+        tmp_path / "ckpt",
+        settings.settings_for(QWEN3_VL),
+        device="cpu",
+        checkpoint_every=0,
+    )
+    losses = [loss for _, loss in result.losses]
+    assert losses[-1] < losses[0]
+    record = json.loads((tmp_path / "ckpt" / "avdag_training.json").read_text())
+    assert record["base_family"] == "qwen3_vl" and record["settings"]["max_pixels"] == 16 * 9 * 32 * 32
+    model, processor = load_model_and_processor(str(tmp_path / "ckpt"), "cpu", QWEN3_VL)
+    assert type(model).__name__ == "Qwen3VLForConditionalGeneration" and detect_family(tmp_path / "ckpt") is QWEN3_VL
+    if lora_rank:
+        assert not (tmp_path / "ckpt" / "adapter_config.json").exists()  # merged into a plain checkpoint
+    with pytest.raises(UnsupportedModelError, match="only used with the family it was trained from"):
+        require_family(tmp_path / "ckpt", QWEN2_5_VL)  # e.g. as the fine-tune of a Qwen2.5-VL base

@@ -58,8 +58,10 @@ def test_baseline_captions_come_from_the_server_and_are_cached(landing, tmp_path
             assert (captions["fields_ok"] == 15).all() and captions["caption_error"].isna().all()
             assert captions["model_path"].eq("nvidia/Cosmos-Reason1-7B").all()
             assert captions["model_hash"].str.startswith("openai-vlm:").all()
-            images = [p for p in server.requests[0]["messages"][1]["content"] if p["type"] == "image_url"]
-            assert len(images) >= 2 and images[0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+            # one video per clip (the default transport), with the sampled fps for its time positions
+            [video, _] = server.requests[0]["messages"][1]["content"]
+            assert video["type"] == "video_url" and video["video_url"]["url"].startswith("data:video/jpeg;base64,")
+            assert server.requests[0]["mm_processor_kwargs"]["fps"] > 0
             materialization = instance.get_latest_materialization_event(dg.AssetKey("baseline_captions"))
             table = materialization.asset_materialization.metadata["field_failures"].value
             assert re.search(r"\| weather\s+\|\s+4 \|\s+0 \|\s+0 \|", table), table

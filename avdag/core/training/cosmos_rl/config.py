@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from avdag.core.captioning.model_family import QWEN2_5_VL, ModelFamily, detect_family
 from avdag.core.common.atomic import write_bytes_atomic
 from avdag.core.ingest.video import RECIPE_FPS, RECIPE_MAX_PIXELS
 
@@ -87,15 +88,20 @@ def build_cosmos_rl_config(
     run_id: str,
     project_name: str = "cosmos_reason1_avha",
     experiment_name: str = "avha_sft",
+    family: ModelFamily | None = None,
 ) -> dict[str, Any]:
     """The recipe's TOML as a dict, with avdag's model, data, output folder and settings.
 
     `train.timestamp = run_id`: cosmos-rl appends a fresh `YYYYmmddHHMMSS` folder to
     `train.output_dir` in every process unless it is set, so setting it keeps the export where avdag
     looks and lets `resume = true` pick up a crashed run's checkpoints. `[custom]` is what the entry
-    script reads.
+    script reads, including the model family (`family`, default: detected from a local `model` folder,
+    else Qwen2.5-VL), so the job refuses a model of another family and the data packer reads frames
+    with the family's patch size.
     """
     s = settings
+    if family is None:
+        family = detect_family(model) if Path(model).is_dir() else QWEN2_5_VL
     return {
         "redis": str(s.redis_port),
         "train": {
@@ -163,7 +169,13 @@ def build_cosmos_rl_config(
             "freq": s.validation_step,
             "batch_size": s.validation_batch_per_replica,
         },
-        "custom": {"conversations_jsonl": str(dataset_path), "fps": s.fps, "max_pixels": s.max_pixels},
+        "custom": {
+            "conversations_jsonl": str(dataset_path),
+            "fps": s.fps,
+            "max_pixels": s.max_pixels,
+            "model_type": family.cosmos_rl_model_type,
+            "image_patch_size": family.patch_size,
+        },
     }
 
 

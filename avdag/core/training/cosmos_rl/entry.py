@@ -7,6 +7,7 @@ and the video sampling avdag budgeted tokens for come from the TOML's `[custom]`
 """
 
 import json
+import os
 
 from torch.utils.data import Dataset
 
@@ -25,8 +26,10 @@ class ConversationDataset(Dataset):
 
 
 def get_dataset(config) -> ConversationDataset:
-    """Factory cosmos-rl calls with its Config; fails if a video's sampling differs from the job's."""
+    """Factory cosmos-rl calls with its Config; fails if a video's sampling differs from the job's, or the
+    model is of another family than the one avdag sized the frames for (28- vs 32-pixel tokens)."""
     custom = config.custom
+    _check_model_type(config, custom.get("model_type"))
     with open(custom["conversations_jsonl"], encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
     for record in records:
@@ -37,6 +40,17 @@ def get_dataset(config) -> ConversationDataset:
                     f"but the job was budgeted for fps={custom['fps']}, max_pixels={custom['max_pixels']}"
                 )
     return ConversationDataset([record["conversations"] for record in records])
+
+
+def _check_model_type(config, expected):
+    policy = getattr(config, "policy", None)
+    model = getattr(policy, "model_name_or_path", None)
+    if not expected or not model or not os.path.isfile(os.path.join(model, "config.json")):
+        return
+    with open(os.path.join(model, "config.json"), encoding="utf-8") as f:
+        found = json.load(f).get("model_type")
+    if found != expected:
+        raise ValueError(f"{model} has model_type {found!r}, but the job was prepared for {expected!r}")
 
 
 def _video_items(conversation):
