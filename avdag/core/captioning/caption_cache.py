@@ -47,6 +47,7 @@ CAPTION_COLUMNS = (
     "seconds",
     "cached",
     "caption_error",
+    "answer_field",
     "caption_key",
     "caption_run_id",
 )
@@ -130,6 +131,7 @@ def caption_clips(
             "video_tokens": out.video_tokens,
             "new_tokens": out.new_tokens,
             "seconds": out.seconds,
+            "answer_field": out.answer_field,
             "clip_id": clips["clip_id"].iloc[i],
             "run_id": run_id,
         }
@@ -194,6 +196,7 @@ def _row(clip, record, key, captioner: Captioner, prompts, caption_source: Capti
         "seconds": record["seconds"],
         "cached": record["cached"],
         "caption_error": error,
+        "answer_field": record.get("answer_field"),
         "caption_key": key,
         "caption_run_id": record.get("run_id"),
     }

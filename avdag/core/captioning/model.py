@@ -48,6 +48,9 @@ class CaptionOutput:
     new_tokens: int
     seconds: float
     error: str | None = None
+    # Which reply field held the answer when a server sent it ("content", or "reasoning_content" /
+    # "reasoning" under a reasoning parser); None for the local engine.
+    answer_field: str | None = None
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -58,6 +58,7 @@ def test_baseline_captions_come_from_the_server_and_are_cached(landing, tmp_path
             assert (captions["fields_ok"] == 15).all() and captions["caption_error"].isna().all()
             assert captions["model_path"].eq("nvidia/Cosmos-Reason1-7B").all()
             assert captions["model_hash"].str.startswith("openai-vlm:").all()
+            assert captions["answer_field"].eq("content").all()  # the reply field the answer came from
             # one video per clip (the default transport), with the sampled fps for its time positions
             [video, _] = server.requests[0]["messages"][1]["content"]
             assert video["type"] == "video_url" and video["video_url"]["url"].startswith("data:video/jpeg;base64,")
