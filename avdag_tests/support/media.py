@@ -54,3 +54,35 @@ def cut_tail(mp4: Path, keep_fraction: float = 0.1) -> bytes:
     data = faststart(mp4)
     (_, offset, size) = next(box for box in top_level_boxes(data) if box[0] == "mdat")
     return data[: offset + 8 + int((size - 8) * keep_fraction)]
+
+
+def encode_drive(
+    path: Path, *, seconds: float, fps: int = 10, gop: int = 20, width: int = 128, height: int = 72, seed: int = 0
+) -> Path:
+    """A small H.264 drive recording with a keyframe every `gop` frames (and B-frames, x264's default).
+
+    Every frame differs (a moving bar over a drifting background), so a frame-exact cut is visible.
+    """
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    base = rng.integers(40, 200, 3)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(
+            "libx264", rate=Fraction(fps), options={"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
+        )
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for index in range(round(seconds * fps)):
+            rgb = np.empty((height, width, 3), np.uint8)
+            rgb[:] = (base + index * 3) % 256
+            x = (index * 5) % width
+            rgb[:, x : x + 8] = 255
+            rgb[height // 2 :, :, 1] = (index * 11) % 256
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path

@@ -3,6 +3,7 @@
 Layout (the recipe's dataset layout, one folder per batch):
     <root>/<batch>/videos/<clip_id>.camera_front_wide_120fov.mp4
     <root>/<batch>/metas/<clip_id>.label.json        (only where a human labelled the clip)
+    <root>/<batch>/drives/<drive_name>.mp4           (whole drive recordings, cut into clips at ingest)
     <root>/<batch>/_READY  or  <root>/<batch>/_MANIFEST.json   (written last: the batch is complete)
 The same code serves a local path and an S3 prefix; only the storage options differ.
 
@@ -28,6 +29,7 @@ from avdag.core.common.atomic import atomic_path
 
 VIDEO_SUFFIX = ".camera_front_wide_120fov.mp4"
 LABEL_SUFFIX = ".label.json"
+DRIVE_SUFFIX = ".mp4"
 READY_MARKER = "_READY"
 MANIFEST_MARKER = "_MANIFEST.json"
 MARKERS = (MANIFEST_MARKER, READY_MARKER)
@@ -50,6 +52,7 @@ class BatchListing:
     batch: str
     videos: dict[str, str] = field(default_factory=dict)  # clip id -> URL
     labels: dict[str, str] = field(default_factory=dict)  # clip id -> URL
+    drives: dict[str, str] = field(default_factory=dict)  # drive name -> URL
     unrecognized: dict[str, str] = field(default_factory=dict)  # URL -> why it is not a clip or label
     sizes: dict[str, int] = field(default_factory=dict)  # URL -> bytes, as listed
     manifest: dict[str, dict] | None = None  # relative path -> {"size", "sha256"?} when a manifest exists
@@ -153,9 +156,13 @@ class LandingZone:
                 listing.videos[name[: -len(VIDEO_SUFFIX)]] = url
             elif rel == f"metas/{name}" and name.endswith(LABEL_SUFFIX):
                 listing.labels[name[: -len(LABEL_SUFFIX)]] = url
+            elif rel == f"drives/{name}" and name.endswith(DRIVE_SUFFIX):
+                stem = name[: -len(VIDEO_SUFFIX)] if name.endswith(VIDEO_SUFFIX) else name[: -len(DRIVE_SUFFIX)]
+                listing.drives[stem] = url
             elif not (rel == name and name.startswith("_")):  # batch-root markers (_READY, _SUCCESS) are not data
                 listing.unrecognized[url] = (
                     f"not a <id>{VIDEO_SUFFIX} directly under videos/ nor a <id>{LABEL_SUFFIX} directly under metas/"
+                    f" nor a <drive>{DRIVE_SUFFIX} directly under drives/"
                 )
         return listing
 

@@ -6,18 +6,24 @@ id reused for different content is a conflict, not a silent overwrite. The regis
 shared database (`AVDAG_DB_URL`), so batch runs registering at once, on one node or several, agree
 on one winner: the sha256 and the clip id are unique keys, claimed with `INSERT ... ON CONFLICT DO
 NOTHING` and re-read when another run got there first.
+
+Near-duplicates (`near_duplicates.py`): each clip's perceptual signature is kept here too, with the
+nearest clip registered before it and their distance, fixed at first registration, so re-runs give
+the same answers and the earlier clip is always the twin (a pair is never flagged both ways).
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Column, Connection, MetaData, Table, Text, delete, select
+from sqlalchemy import Column, Connection, Float, Integer, MetaData, Table, Text, delete, select
 
 from avdag.core.common.database import Database
+from avdag.core.ingest.near_duplicates import nearest
 
 _METADATA = MetaData()
 _CLIPS = Table(
@@ -36,6 +42,18 @@ _SOURCES = Table(
     Column("source_url", Text, primary_key=True),
     Column("clip_id", Text, nullable=False),
 )
+_SIGNATURES = Table(
+    "avdag_clip_signatures",
+    _METADATA,
+    Column("seq", Integer, primary_key=True, autoincrement=True),  # registration order: twins are earlier
+    Column("sha256", Text, nullable=False, unique=True),
+    Column("clip_id", Text, nullable=False),
+    Column("batch", Text, nullable=False),
+    Column("signature", Text, nullable=False),
+    Column("twin_sha256", Text),  # the nearest clip registered before this one
+    Column("twin_clip_id", Text),
+    Column("distance", Float),
+)
 _MAX_RACES = 5  # rounds of losing the same clip id to concurrent runs before giving up
 
 
@@ -48,10 +66,54 @@ class Registration:
     batch: str  # the canonical clip's batch
 
 
+@dataclass(frozen=True)
+class SignatureRecord:
+    """A clip's perceptual signature and the nearest clip registered before it (None for the first)."""
+
+    sha256: str
+    clip_id: str
+    batch: str
+    signature: str
+    twin_sha256: str | None
+    twin_clip_id: str | None
+    distance: float | None
+
+
 class ClipRegistry:
     def __init__(self, db: Database | str) -> None:
         self.db = db if isinstance(db, Database) else Database(db)
         self.db.ensure_schema(_METADATA)
+        self._signatures: dict[str, tuple[str, str]] = {}  # sha256 -> (clip id, signature), rows up to _seen
+        self._seen = 0
+
+    def signature_record(self, batch: str, clip_id: str, sha256: str, signature: Callable[[], str]) -> SignatureRecord:
+        """This content's signature record, made now (`signature()` decodes the clip) unless one exists."""
+        known = self.record_for(sha256)
+        if known is not None:
+            return known
+        value = signature()
+        with self.db.write() as db:
+            self._catch_up(db)
+            twin = nearest(value, [(sha, sig) for sha, (_, sig) in self._signatures.items() if sha != sha256])
+            row = dict(sha256=sha256, clip_id=clip_id, batch=batch, signature=value)
+            if twin:
+                row.update(twin_sha256=twin[0], twin_clip_id=self._signatures[twin[0]][0], distance=round(twin[1], 3))
+            db.execute(self.db.insert_new(_SIGNATURES).values(**row))
+        return self.record_for(sha256)  # ours, or a concurrent run's if it got there first
+
+    def record_for(self, sha256: str) -> SignatureRecord | None:
+        columns = [getattr(_SIGNATURES.c, name) for name in SignatureRecord.__dataclass_fields__]
+        with self.db.read() as db:
+            row = db.execute(select(*columns).where(_SIGNATURES.c.sha256 == sha256)).first()
+        return SignatureRecord(*row) if row else None
+
+    def _catch_up(self, db: Connection) -> None:
+        """Load the signatures registered since the last call (every run's, in registration order)."""
+        columns = (_SIGNATURES.c.seq, _SIGNATURES.c.sha256, _SIGNATURES.c.clip_id, _SIGNATURES.c.signature)
+        query = select(*columns).where(_SIGNATURES.c.seq > self._seen).order_by(_SIGNATURES.c.seq)
+        for seq, sha, clip_id, sig in db.execute(query):
+            self._signatures[sha] = (clip_id, sig)
+            self._seen = seq
 
     def register(self, batch: str, clip_id: str, sha256: str, source_url: str) -> Registration:
         """Register one upload; idempotent, so re-running a batch gives the same answers."""

@@ -10,7 +10,8 @@ from avdag.resources.io_managers import concat_partitions
 @dg.asset_check(
     asset="split_manifest",
     blocking=True,
-    description="No clip id or content hash is on both the train and the eval side; training waits for this.",
+    description="No clip id, content hash or near-duplicate group is on both the train and the eval side; "
+    "training waits for this.",
 )
 def no_train_eval_leak(split_manifest: pd.DataFrame) -> dg.AssetCheckResult:
     found = leaks(split_manifest)

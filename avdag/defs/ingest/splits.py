@@ -4,7 +4,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from avdag.core.ingest.splits import EVAL_FRACTION, assign_splits
+from avdag.core.ingest.splits import EVAL_FRACTION, GROUP_COLUMN, assign_splits
 from avdag.defs.pipeline.instance_reads import latest_of_partition
 from avdag.defs.pipeline.partitions import FOLLOW_NEW_CLIPS, clip_batches
 from avdag.resources.io_managers import ALL_PARTITIONS
@@ -29,14 +29,27 @@ class SplitConfig(dg.Config):
 def clip_splits(
     context: dg.AssetExecutionContext, config: SplitConfig, raw_clips: pd.DataFrame
 ) -> dg.Output[pd.DataFrame]:
-    """Train/eval by a hash of the clip id (10% eval by default); clips without a valid label are 'unlabelled'."""
+    """Train/eval by a hash of the clip id, or of its near-duplicate group's first clip (10% eval by default);
+    clips without a valid label are 'unlabelled'."""
     fraction = config.eval_fraction
     if fraction is None:
         before = latest_of_partition(context.instance, "clip_splits", context.partition_key)
         fraction = float((before.metadata if before else {}).get("eval_fraction", EVAL_FRACTION))
-    sides = assign_splits(list(zip(raw_clips["clip_id"], raw_clips["label_json"].notna())), fraction)
+    # Near-duplicates take their group's side (a batch ingested before groups existed: each clip its own).
+    groups = raw_clips[GROUP_COLUMN] if GROUP_COLUMN in raw_clips else raw_clips["clip_id"]
+    groups = groups.fillna(raw_clips["clip_id"])
+    sides = assign_splits(
+        list(zip(raw_clips["clip_id"], raw_clips["label_json"].notna())),
+        fraction,
+        groups=dict(zip(raw_clips["clip_id"], groups)),
+    )
     frame = pd.DataFrame(
-        {"clip_id": raw_clips["clip_id"], "sha256": raw_clips["sha256"], "split": raw_clips["clip_id"].map(sides)}
+        {
+            "clip_id": raw_clips["clip_id"],
+            "sha256": raw_clips["sha256"],
+            "split": raw_clips["clip_id"].map(sides),
+            GROUP_COLUMN: groups,
+        }
     )
     counts = frame["split"].value_counts()
     return dg.Output(
@@ -60,7 +73,7 @@ def split_manifest(clip_splits: dict) -> dg.Output[pd.DataFrame]:
     manifest = (
         pd.concat(frames, ignore_index=True)
         if frames
-        else pd.DataFrame(columns=["clip_id", "sha256", "split", "batch"])
+        else pd.DataFrame(columns=["clip_id", "sha256", "split", GROUP_COLUMN, "batch"])
     )
     counts = manifest["split"].value_counts()
     return dg.Output(
