@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
+import webbrowser
 from pathlib import Path
 
 from avdag.core.common.atomic import write_bytes_atomic
@@ -16,6 +18,13 @@ from avdag.core.common.state_store import StateStore, storage_options
 from avdag.settings import Settings, SettingsError
 
 DEMO_BATCH = "sample-0001"
+# Printed after the demo: each must work as typed into bash (a test runs them through `bash -c`).
+HINTS = (
+    'avdag search weather="Light rain" night',
+    "avdag search rainy night with pedestrians",
+    "avdag search someone walking across the street",
+    "avdag review eval worse",
+)
 
 
 def _state() -> tuple[StateStore, Path]:
@@ -177,7 +186,9 @@ def _print_report() -> None:
             )
     print(f"\nchart: {store.uri(files.png)}")
     print(f"table: {store.uri(files.json)}")
-    print('search the clips: .venv/bin/avdag search weather="Light rain" night   (more in the README)')
+    print("\nsearch and review the clips (each line works pasted into a shell; more in the README):")
+    for hint in HINTS:
+        print(f"  .venv/bin/{hint}")
 
 
 def _num(value) -> str:
@@ -207,13 +218,16 @@ def demo(n_synthetic: int) -> int:
     return run_batch(DEMO_BATCH, eval_fraction)
 
 
-def search(query: list[str], limit: int, where: str | None) -> int:
-    """Query the clip catalog with avdag's filter language (see `avdag search --help`)."""
+def search(query: list[str], limit: int, where: str | None, exact: bool = False) -> int:
+    """Query the clip catalog: each argument is one term (the shell has already removed its quotes);
+    words no field or flag covers rank the matches by meaning, unless `exact` (see `avdag search --help`)."""
     from avdag.core.reporting.catalog import CatalogQueryError, fetch_catalog
     from avdag.core.reporting.catalog import search as run_search
+    from avdag.core.reporting.meaning import meaning_search
 
     try:
-        rows = run_search(fetch_catalog(*_state()), " ".join(query), limit=limit, where_sql=where)
+        run = run_search if exact else meaning_search
+        rows = run(fetch_catalog(*_state()), query, limit=limit, where_sql=where)
     except (CatalogQueryError, FileNotFoundError) as exc:
         print(f"avdag search: {exc}", file=sys.stderr)
         return 2
@@ -222,6 +236,30 @@ def search(query: list[str], limit: int, where: str | None) -> int:
     else:
         print(rows.to_markdown(index=False))
         print(f"\n{len(rows)} clip(s){' (limit reached)' if len(rows) == limit else ''}")
+    return 0
+
+
+def review(name: str, query: list[str], out: str | None, open_browser: bool) -> int:
+    """Write a stored review (a batch's, or `eval`) as a local page with `query` in its filter box."""
+    from avdag.core.reporting.catalog import CatalogQueryError, query_terms
+    from avdag.core.reporting.review import filter_rows, load_review
+    from avdag.core.reporting.review_page import review_page
+
+    store, _ = _state()
+    try:
+        title, rows = load_review(store, name)
+        matching = filter_rows(rows, query)
+    except (CatalogQueryError, FileNotFoundError) as exc:
+        print(f"avdag review: {exc}", file=sys.stderr)
+        return 2
+    text = " ".join(shlex.quote(term) for term in query_terms(query)) if query else ""
+    path = Path(out) if out else Settings.from_env().home / "reviews" / f"{name}.html"
+    write_bytes_atomic(path, review_page(rows, title, query=text).encode("utf-8"))
+    if query:
+        print(f"{len(matching)} of {len(rows)} clips match the filter {text}")
+    print(path.resolve())
+    if open_browser and not webbrowser.open(path.resolve().as_uri()):
+        print("avdag review: no browser found; open the file above", file=sys.stderr)
     return 0
 
 
@@ -274,11 +312,16 @@ def _dispatch(argv: list[str] | None) -> int:
     p_search = sub.add_parser(
         "search",
         help="find clips in the catalog",
-        description="Terms are ANDed: field=value, field~text, field>n, flags (pedestrians, night, interesting, "
-        "traffic_light, violation, labelled, unlabelled; prefix - to negate), or free words. "
-        'Example: avdag search weather="Light rain" night -interesting',
+        description="Each argument is one term; terms are ANDed: field=value, field~text, field>n, flags "
+        "(pedestrians, night, interesting, traffic_light, violation, labelled, unlabelled; prefix - to negate), "
+        "everyday words (rainy, foggy, dark, people, highway, ...), or free words, which rank the matches by "
+        "meaning (sentence embeddings of labels and captions). "
+        'Examples: avdag search weather="Light rain" night -interesting; avdag search rainy night with pedestrians',
     )
     p_search.add_argument("query", nargs="*")
+    p_search.add_argument(
+        "--exact", action="store_true", help="free words are substrings of the answer text, no ranking by meaning"
+    )
     p_search.add_argument("--limit", type=int, default=20)
     p_search.add_argument("--where", help="raw SQL WHERE fragment (trusted input), ANDed with the query")
     p_lineage = sub.add_parser("lineage", help="the chain behind one score, from upload to judge")
@@ -287,12 +330,23 @@ def _dispatch(argv: list[str] | None) -> int:
     p_lineage.add_argument("--source", choices=["baseline", "finetuned"], default="finetuned")
     p_lineage.add_argument("--batch", help="the batch of the score, when the clip id was scored in several")
     p_lineage.add_argument("--json", action="store_true", help="print the chain as JSON")
+    p_review = sub.add_parser(
+        "review",
+        help="a review page: each clip's frames, label, both answers and the judge, with filters",
+        description="Writes the stored review of a batch (or `eval`: the eval split of the checkpoint in service) "
+        "as a local HTML page; filter terms as for `avdag search`, plus worse, disagree, parse_failed, "
+        "min_score<3. Example: avdag review eval worse night",
+    )
+    p_review.add_argument("name", help="a batch, or `eval`")
+    p_review.add_argument("query", nargs="*")
+    p_review.add_argument("--out", help="where to write the page (default $AVDAG_HOME/reviews/<name>.html)")
+    p_review.add_argument("--open", action="store_true", help="open the page in a browser, if there is one")
     p_ui = sub.add_parser("ui", help="start the Dagster UI on $AVDAG_HOME")
     p_ui.add_argument("--port", type=int, default=3000)
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "search":
+    if extra and args.command not in ("search", "review"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command == "search":  # '-flag' negates a search term; it is not an option
+    if args.command in ("search", "review"):  # '-flag' negates a search term; it is not an option
         unknown = [term for term in extra if term.startswith("--")]
         if unknown:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -302,7 +356,9 @@ def _dispatch(argv: list[str] | None) -> int:
     if args.command == "run":
         return run_batch(args.batch)
     if args.command == "search":
-        return search(args.query, args.limit, args.where)
+        return search(args.query, args.limit, args.where, args.exact)
+    if args.command == "review":
+        return review(args.name, args.query, args.out, args.open)
     if args.command == "lineage":
         return lineage(args.clip_id, args.question, args.source, args.json, args.batch)
     return ui(args.port)

@@ -20,7 +20,7 @@ from avdag.defs.pipeline.code_versions import code_versions, with_code_versions
 from avdag.defs.pipeline.executors import executor_for
 from avdag.defs.pipeline.jobs import JOBS
 from avdag.defs.pipeline.schedules import nightly_reprocess
-from avdag.defs.reporting import clip_catalog, score_comparison
+from avdag.defs.reporting import clip_catalog, labeling_queue, review, score_comparison
 from avdag.defs.reporting.reports_sensor import reports_sensor
 from avdag.defs.training import promotion, sft_checkpoint
 from avdag.defs.training.promotion import candidate_not_worse
@@ -124,6 +124,8 @@ defs = dg.Definitions(
                 judge_calibration,
                 score_comparison,
                 clip_catalog,
+                review,
+                labeling_queue,
             ]
         ),
         code_versions(_resources),

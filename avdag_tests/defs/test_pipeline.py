@@ -81,6 +81,9 @@ def test_every_asset_materialized(pipeline_run):
         "judge_calibration",
         "score_comparison",
         "clip_catalog",
+        "batch_review",
+        "eval_review",
+        "labeling_queue",
     }
     checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
     assert set(checks) == {

@@ -54,6 +54,10 @@ _METADATA_COLUMNS: dict[str, tuple[str, str]] = {
     "batch": ("VARCHAR", "text"),
     "batches": ("VARCHAR[]", "list"),
     "source_url": ("VARCHAR", "text"),
+    "drive_id": ("VARCHAR", "text"),  # a clip cut from a drive recording: the drive and the time range
+    "drive_start_s": ("DOUBLE", "number"),
+    "drive_end_s": ("DOUBLE", "number"),
+    "near_duplicate_of": ("VARCHAR", "text"),
     "duration_s": ("DOUBLE", "number"),
     "fps": ("DOUBLE", "number"),
     "width": ("INTEGER", "number"),
@@ -83,8 +87,10 @@ _FLAG_COLUMNS: dict[str, tuple[str, str]] = {
     for name in ("has_pedestrians", "has_traffic_light", "is_night", "is_interesting", "rule_violation_flag")
 }
 # Lower-case-insensitive haystack for bare words; not shown by default, not a query field.
-_SEARCH_TEXT = "search_text"
+SEARCH_TEXT = "search_text"
+_SEARCH_TEXT = SEARCH_TEXT
 COLUMNS: dict[str, tuple[str, str]] = {**_METADATA_COLUMNS, **_ANSWER_COLUMNS, **_FLAG_COLUMNS}
+QUERY_COLUMNS = {**COLUMNS, SEARCH_TEXT: ("VARCHAR", "text")}  # what a query may name
 
 DEFAULT_SEARCH_COLUMNS = (
     "clip_id",
@@ -102,7 +108,11 @@ DEFAULT_SEARCH_COLUMNS = (
 )
 # Answer text a bare search word looks in: every field but the difficulty grade and the two booleans.
 SEARCH_TEXT_FIELDS = tuple(f for f in FIELDS if f != "driving_difficulty" and f not in BOOLEAN_FIELDS)
-FIELD_ALIASES = {"metaaction": "interactive_expanded_metaaction", "difficulty": "driving_difficulty"}
+FIELD_ALIASES = {
+    "metaaction": "interactive_expanded_metaaction",
+    "difficulty": "driving_difficulty",
+    "text": SEARCH_TEXT,
+}
 FLAGS = {
     "pedestrians": "has_pedestrians IS TRUE",
     "traffic_light": "has_traffic_light IS TRUE",
@@ -114,6 +124,33 @@ FLAGS = {
     "unlabelled": "human_label IS NULL",
     "unlabeled": "human_label IS NULL",
 }
+
+# Everyday words -> the catalog term they mean, so "rainy night with pedestrians" asks what a person means:
+# the labels say "Light rain", not "rainy". A word written as `text~word` is looked for literally instead.
+CONCEPTS = {
+    **dict.fromkeys(("rain", "rainy", "raining", "rainfall", "downpour"), "weather~rain"),
+    **dict.fromkeys(("snow", "snowy", "snowing", "snowfall"), "weather~snow"),
+    **dict.fromkeys(("fog", "foggy", "misty", "mist", "haze", "hazy"), "weather~fog"),
+    **dict.fromkeys(("cloudy", "clouds"), "weather~cloud"),
+    **dict.fromkeys(("overcast", "grey", "gray"), "weather=Overcast"),
+    **dict.fromkeys(("sunny", "sunlight", "sunshine"), "lighting~sunlight"),
+    **dict.fromkeys(("nighttime", "dark", "darkness", "evening"), "night"),
+    **dict.fromkeys(("day", "daytime", "daylight"), "lighting~daytime"),
+    **dict.fromkeys(
+        ("pedestrian", "people", "person", "persons", "walker", "walkers", "vru", "vrus", "crossing"), "pedestrians"
+    ),
+    **dict.fromkeys(("signal", "signals", "stoplight", "stoplights", "lights"), "traffic_light"),
+    **dict.fromkeys(("highway", "highways", "freeway", "motorway", "expressway"), "road_type~highway"),
+    **dict.fromkeys(("violations", "violating", "illegal", "infraction"), "violation"),
+    **dict.fromkeys(("difficult", "hard", "dangerous", "risky"), "difficulty>=3"),
+    **dict.fromkeys(("unlabeled_clips", "unannotated"), "unlabelled"),
+}
+# Filler words of a spoken question; dropped rather than looked for in the answer text.
+STOP_WORDS = frozenset(
+    "a an the with and in on at of for to by from under during while where which that this these those "
+    "is are was were there some any all show me find give get clips clip scenes scene videos video footage "
+    "driving drive drives car cars".split()
+)
 
 _VRU_ACTIONS = ("Yield to VRUs", "Overtake VRUs")
 _VRU_WORDS = re.compile(r"\b(pedestrians?|(?:bi|motor)?cyclists?|vrus?)\b", re.IGNORECASE)
@@ -246,6 +283,10 @@ def _catalog_row(
                 "clip_id",
                 "batch",
                 "source_url",
+                "drive_id",
+                "drive_start_s",
+                "drive_end_s",
+                "near_duplicate_of",
                 "duration_s",
                 "fps",
                 "width",
@@ -376,14 +417,23 @@ def search_text(flat: dict[str, Any]) -> str:
 
 def _load_table(conn: duckdb.DuckDBPyConnection, rows: pd.DataFrame) -> dict[str, int]:
     """Create the typed table in an in-memory database; DuckDB casts (and rejects bad) values."""
-    columns = [*COLUMNS, _SEARCH_TEXT]
-    ddl = ", ".join(f"{name} {COLUMNS.get(name, ('VARCHAR',))[0]}" for name in columns)
+    create_table(conn, rows, {**COLUMNS, _SEARCH_TEXT: ("VARCHAR", "text")}, ("clip_id",))
+    return _counts(conn)
+
+
+def create_table(
+    conn: duckdb.DuckDBPyConnection,
+    rows: pd.DataFrame,
+    columns: dict[str, tuple[str, str]],
+    primary_key: Sequence[str],
+) -> None:
+    """The typed `clips` table from `rows` (object columns), so `parse_query` runs on other tables too."""
+    ddl = ", ".join(f"{name} {kind[0]}" for name, kind in columns.items())
     names = ", ".join(columns)
-    conn.execute(f"CREATE TABLE {TABLE} ({ddl}, PRIMARY KEY (clip_id))")
+    conn.execute(f"CREATE TABLE {TABLE} ({ddl}, PRIMARY KEY ({', '.join(primary_key)}))")
     conn.register("catalog_rows", rows)
     conn.execute(f"INSERT INTO {TABLE} ({names}) SELECT {names} FROM catalog_rows")
     conn.unregister("catalog_rows")
-    return _counts(conn)
 
 
 def _counts(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
@@ -455,24 +505,87 @@ def _checked_columns(columns: Iterable[str]) -> list[str]:
 # ----------------------------------------------------------------------------- query language
 
 
-def parse_query(query: str) -> tuple[str, list[Any]]:
+def parse_query(
+    query: str | Sequence[str],
+    *,
+    columns: dict[str, tuple[str, str]] | None = None,
+    flags: dict[str, str] | None = None,
+) -> tuple[str, list[Any]]:
     """A people's filter string as (WHERE clause with ? placeholders, parameters).
 
-    Terms are separated by spaces (quotes group words) and ANDed:
+    A string is split into terms at spaces (quotes group words); a sequence is the command line's
+    argv, where each element is one term (see `query_terms`). Terms are ANDed:
       field=value   exact, case-insensitive (list fields: contains that element; empty value: NULL)
       field~text    substring, case-insensitive (list fields: any element contains it)
       field>n field<n field>=n field<=n (and field=n)   numeric fields
       pedestrians traffic_light night interesting violation labelled unlabelled   flags
-      any other word   substring of the answer text (safety_analysis, traffic_sign, ...)
+      everyday words   rainy, foggy, dark, people, highway, ... mean catalog terms (CONCEPTS);
+                       filler words (with, the, clips, ...) are dropped (STOP_WORDS)
+      any other word   substring of the answer text (safety_analysis, traffic_sign, ...); text~word
+                       looks for any word literally
     `-term` or `not:term` negates any term (a negated term matches where the term is not true,
     unknowns included). Field aliases: metaaction, difficulty.
+
+    `columns`/`flags` replace the catalog's own for a table with more columns (the review page's
+    scores); the language stays the same.
     """
     conditions, params = ["TRUE"], []
-    for token in _tokens(query):
-        condition, values = _term_condition(token)
+    columns, flags = columns or QUERY_COLUMNS, flags or FLAGS
+    for token in expand_terms(query_terms(query)):
+        condition, values = _term_condition(token, columns, flags)
         conditions.append(condition)
         params.extend(values)
     return " AND ".join(conditions), params
+
+
+def query_terms(query: str | Sequence[str]) -> list[str]:
+    """The terms of a query string, or of the command line's arguments, one term per argument.
+
+    The shell has already removed the quotes of `weather="Light rain" night`, so its argv is
+    [`weather=Light rain`, `night`]: joining and re-splitting it would break the value apart.
+    An argument that still holds quotes (`'weather="Light rain" night'`, quoted whole) is read as
+    a query string; one shaped `field<op>value` is one term whatever its spaces; any other
+    argument with spaces ("rainy night with pedestrians", quoted whole) is a question of words.
+    """
+    if isinstance(query, str):
+        return _tokens(query)
+    terms: list[str] = []
+    for part in query:
+        if '"' in part or "'" in part:
+            terms += _tokens(part)
+        elif _TERM.fullmatch(_strip_negation(part.strip())[1]):
+            terms.append(part.strip())
+        else:
+            terms += part.split()
+    return terms
+
+
+def expand_terms(terms: Sequence[str]) -> list[str]:
+    """Everyday words replaced by the catalog terms they mean (CONCEPTS), filler words dropped (STOP_WORDS)."""
+    out = []
+    for term in terms:
+        negated, body = _strip_negation(term)
+        key = body.lower()
+        if key in STOP_WORDS and not negated:
+            continue
+        if key in CONCEPTS and not _TERM.fullmatch(body):
+            out.append(("-" if negated else "") + CONCEPTS[key])
+        else:
+            out.append(term)
+    return out
+
+
+def free_words(query: str | Sequence[str]) -> list[str]:
+    """The query's words that are neither a field term, a flag, an everyday word nor filler: what
+    only the answer text (or its meaning) can match."""
+    words = []
+    for term in query_terms(query):
+        negated, body = _strip_negation(term)
+        key = body.lower()
+        if negated or _TERM.fullmatch(body) or key in FLAGS or key in CONCEPTS or key in STOP_WORDS:
+            continue
+        words.append(body)
+    return words
 
 
 def _tokens(query: str) -> list[str]:
@@ -486,13 +599,13 @@ def _tokens(query: str) -> list[str]:
         raise CatalogQueryError(f"cannot read query {query!r}: {exc} (close every quote)") from exc
 
 
-def _term_condition(token: str) -> tuple[str, list[Any]]:
+def _term_condition(token: str, columns: dict[str, tuple[str, str]], flags: dict[str, str]) -> tuple[str, list[Any]]:
     negated, body = _strip_negation(token)
     match = _TERM.fullmatch(body)
     if match:
-        condition, params = _field_condition(match["field"], match["op"], match["value"], token)
-    elif body.lower() in FLAGS:
-        condition, params = FLAGS[body.lower()], []
+        condition, params = _field_condition(match["field"], match["op"], match["value"], token, columns, flags)
+    elif body.lower() in flags:
+        condition, params = flags[body.lower()], []
     else:
         condition, params = f"contains(lower({_SEARCH_TEXT}), lower(?))", [body]
     return (f"(({condition}) IS NOT TRUE)" if negated else f"({condition})"), params
@@ -505,14 +618,16 @@ def _strip_negation(token: str) -> tuple[bool, str]:
     return False, token
 
 
-def _field_condition(name: str, op: str, value: str, token: str) -> tuple[str, list[Any]]:
+def _field_condition(
+    name: str, op: str, value: str, token: str, columns: dict[str, tuple[str, str]], flags: dict[str, str]
+) -> tuple[str, list[Any]]:
     column = FIELD_ALIASES.get(name.lower(), name.lower())
-    if column not in COLUMNS:
+    if column not in columns:
         raise CatalogQueryError(
-            f"unknown field {name!r} in {token!r}; valid fields: {', '.join(COLUMNS)}"
-            f" (aliases: {', '.join(FIELD_ALIASES)}); flags: {', '.join(FLAGS)}"
+            f"unknown field {name!r} in {token!r}; valid fields: {', '.join(columns)}"
+            f" (aliases: {', '.join(FIELD_ALIASES)}); flags: {', '.join(flags)}"
         )
-    kind = COLUMNS[column][1]
+    kind = columns[column][1]
     if op == "=" and value == "":
         return _null_condition(column, kind), []
     if kind == "number":

@@ -32,7 +32,22 @@ MISMATCH = "MISMATCH: "
 TRAINING_RECORD = "avdag_training.json"  # what the trainers write into each checkpoint folder
 CHECKPOINTS = "checkpoints"  # state-store prefix: one folder per checkpoint id
 ASSETS = "assets"  # state-store prefix of the asset values (parquet_io, json_io)
-_UPLOAD_COLUMNS = ("batch", "source_url", "sha256", "duration_s", "width", "height", "fps", "codec", "size_bytes")
+_UPLOAD_COLUMNS = (
+    "batch",
+    "source_url",
+    "sha256",
+    "drive_id",  # a clip cut from a drive: which drive, and where in it
+    "drive_url",
+    "drive_start_s",
+    "drive_end_s",
+    "near_duplicate_of",
+    "duration_s",
+    "width",
+    "height",
+    "fps",
+    "codec",
+    "size_bytes",
+)
 _SCORE_COLUMNS = (
     "batch",
     "field",
@@ -145,11 +160,16 @@ def _upload(store: StateStore, score: dict[str, Any]) -> dict[str, Any]:
     row, missing = _stored_row(store, f"{ASSETS}/raw_clips/{score['batch']}.parquet", score["clip_id"])
     if row is None:
         return _checked({}, [missing])
-    values = {k: row[k] for k in _UPLOAD_COLUMNS if k in row}
+    # drive and near-duplicate columns are empty for a clip uploaded as a clip: left out, not shown as None
+    values = {k: row[k] for k in _UPLOAD_COLUMNS if k in row and not _missing(row[k])}
     problems = _differences(row, {"sha256": score["clip_sha256"], "source_url": score["source_url"]})
     if "sha256" in row and row["sha256"] != score["clip_sha256"]:
         problems.append("the batch was re-ingested with other content since this score")
     return _checked(values, problems)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)  # None or NaN
 
 
 def _split(store: StateStore, score: dict[str, Any]) -> dict[str, Any]:

@@ -1,12 +1,13 @@
 """The three jobs, split by what changes when.
 
 - `clip_batch_pipeline`, one run per clip batch (partition), many at once: ingest, splits,
-  baseline captions and scores, and fine-tuned captions and scores with the checkpoint in service.
+  baseline captions and scores, fine-tuned captions and scores with the checkpoint in service, and
+  the batch's review page.
   It never trains and never writes a collection-wide asset.
 - `training_pipeline`, unpartitioned, one run at a time: split manifest (blocking leak check), SFT
   checkpoint, champion/challenger evaluation on the eval split, promotion (blocking gate).
 - `reporting_pipeline`, one run at a time: the judge's calibration (a blocking check), the comparison
-  chart and the clip catalog.
+  chart, the clip catalog, the eval split's review page and the labeling queue.
 
 "One run at a time" is the instance's run queue: runs carry the tag `avdag/stage`, and the
 instance config avdag ships (`avdag/dagster.yaml`) limits the training and reporting stages to one
@@ -26,11 +27,13 @@ PER_BATCH_ASSETS = (
     "baseline_judge_scores",
     "finetuned_captions",
     "finetuned_judge_scores",
+    "batch_review",
 )
-FINETUNED_ASSETS = ("finetuned_captions", "finetuned_judge_scores")
+# What a promotion re-runs per batch; the review follows the new answers and scores.
+FINETUNED_ASSETS = ("finetuned_captions", "finetuned_judge_scores", "batch_review")
 TRAINING_ASSETS = ("split_manifest", "sft_checkpoint", "candidate_evaluation", "checkpoint_in_service")
 # judge_calibration first: its blocking check stops the comparison when the judge cannot tell right from wrong.
-REPORTING_ASSETS = ("judge_calibration", "score_comparison", "clip_catalog")
+REPORTING_ASSETS = ("judge_calibration", "score_comparison", "clip_catalog", "eval_review", "labeling_queue")
 
 clip_batch_pipeline = dg.define_asset_job(
     "clip_batch_pipeline",
