@@ -200,44 +200,67 @@ def test_formatted_report_and_json(sensors, sweeps, probe):
 
 @pytest.mark.slow
 def test_captioning_bench_tiny_run(tmp_path):
-    """The captioning benchmark end to end on 2 clips, a 2-step fine-tune and 16-token caps: structure only."""
+    """The captioning benchmark end to end on 2 clips, a 2-step fine-tune, 16-token caps, 2 repeats: structure only."""
     from avdag_tests.bench import bench_captioning as captioning
 
     sizes = captioning.Sizes(
         real_copies=1,
         synthetic_clips=1,
         train_steps=2,
+        repeats=2,
         decoder_passes=1,
         recipe_max_new_tokens=16,
         engine_max_new_tokens=16,
-        engine_batch=2,
+        batch_row=2,
     )
     report = captioning.run(sizes, tmp_path)
     text = captioning.format_report(report)
     for needle in (
         "(a) recipe loop",
-        "(b) avdag engine, batch 1 (CPU default)",
-        "(bN) avdag engine, batch 2",
-        "clips/s (b)/(a): x",
-        "goal >= 4x",
-        "recipe: decode all",
+        "(b1) avdag engine at the recipe's settings",
+        "(b2) avdag engine at its defaults",
+        "(bN) avdag engine at its defaults, batch 2",
+        "(1) both at the recipe settings: (b1)/(a)",
+        "(2) avdag defaults vs the recipe: (b2)/(a)",
+        "goal: every reply ends by itself",
+        "goal: (1) tokens/s >= 1x",
+        "goal: (2) clips/s >= 1.2x",
         "qwen-vl-utils torchcodec reader",
         "avdag sample_frames",
-        "goal >= 2x",
+        "recipe: decode all",
+        "goal: avdag vs torchcodec reader, speed >= 1x",
         "fine-tune (not part of the comparison): 2 steps",
         "machine:",
     ):
         assert needle in text
-    rows = report["captioning"]["rows"]
-    assert [r["loop"] for r in rows] == ["recipe", "engine_batch1", "engine_batch2"]
-    for row in rows:
-        assert row["clips"] == 2 and row["clips_per_s"] > 0 and row["tokens_per_s"] > 0
-        assert 0 < row["mean_new_tokens"] <= 16
-    assert report["captioning"]["ratio_engine_vs_recipe"] > 0
-    for row in report["decoders"]["rows"].values():
-        assert row["seconds_per_clip"] > 0 and row["clips_per_s"] > 0 and row["peak_rss_growth_kib"] >= 0
-    for agreement in report["decoders"]["agreement"].values():
+    cap = report["captioning"]
+    assert [r["loop"] for r in cap["rows"]] == [
+        "recipe",
+        "engine_recipe_settings",
+        "engine_defaults",
+        "engine_defaults_batch2",
+    ]
+    for row in cap["rows"]:
+        assert row["clips"] == 2 and row["replies"] == 4 and len(row["runs"]) == 2
+        assert row["clips_per_s"] > 0 and row["tokens_per_s"] > 0 and 0 < row["mean_new_tokens"] <= 16
+    for comparison in ("recipe_settings", "defaults"):
+        for rate in ("clips_per_s", "tokens_per_s"):
+            ratio = cap[comparison][rate]
+            assert len(ratio["values"]) == 2 and ratio["min"] <= ratio["median"] <= ratio["max"]
+    dec = report["decoders"]
+    for row in dec["rows"].values():
+        assert len(row["runs"]) == 2 and row["seconds_per_clip"] > 0 and row["peak_rss_growth_kib"] >= 0
+    assert set(dec["avdag_speed_vs"]) == {"qwen_vl_utils_torchcodec", "recipe_decode_all"}
+    for agreement in dec["agreement"].values():
         assert agreement["clips"] == 2 and agreement["same_shape"] == 2 and agreement["mean_abs_pixel_diff"] is not None
+    assert set(report["goals"]) == {
+        "replies_end_by_themselves",
+        "recipe_settings_tokens_per_s",
+        "defaults_clips_per_s",
+        "frame_sampling_speed_vs_torchcodec",
+        "frame_sampling_memory_below_torchcodec",
+    }
+    assert not report["goals"]["replies_end_by_themselves"], "a 2-step fine-tune runs to the 16-token cap"
     assert report["model"]["steps"] == 2 and not report["model"]["cached"]
     assert json.loads(json.dumps(report, default=str))["clips"]["total"] == 2
 

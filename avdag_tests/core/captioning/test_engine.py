@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from avdag.core.captioning.caption_cache import CAPTION_CACHE, cache_entry, caption_clips
 from avdag.core.captioning.engine import VlmCaptioner
@@ -46,24 +47,63 @@ def answers(captioner, paths, prompts):
     return dict(captioner.caption_stream(paths, prompts.system_prompt, prompts.user_prompt))
 
 
-def test_batched_greedy_answers_equal_one_at_a_time(tiny_model_path, clips, prompts):
-    single = answers(
-        VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS, clips_per_generate=1), clips, prompts
+def finetuned_answers(finetuned_clips, clips_per_generate: int) -> dict:
+    """Greedy answers of the fine-tuned model, captioning at the settings it was trained with."""
+    settings = GenerationSettings(max_new_tokens=64, fps=finetuned_clips.fps, max_pixels=finetuned_clips.max_pixels)
+    captioner = VlmCaptioner(
+        finetuned_clips.model_path, device="cpu", settings=settings, clips_per_generate=clips_per_generate
     )
-    batched = answers(
-        VlmCaptioner(tiny_model_path, device="cpu", settings=SETTINGS, clips_per_generate=4), clips, prompts
+    return dict(
+        captioner.caption_stream(finetuned_clips.clips, finetuned_clips.system_prompt, finetuned_clips.user_prompt)
     )
-    assert sorted(batched) == list(range(len(clips)))
+
+
+def test_batched_greedy_answers_equal_one_at_a_time(finetuned_clips):
+    """Each clip has its own answer, ending at its own step, so a row mix-up or a row stopped at another
+    row's step changes some clip's answer (checked: both make this test fail)."""
+    clips = finetuned_clips.clips
+    single = finetuned_answers(finetuned_clips, 1)
+    batched = finetuned_answers(finetuned_clips, len(clips))
+    assert sorted(single) == sorted(batched) == list(range(len(clips)))
+    assert all(out.error is None for out in [*single.values(), *batched.values()])
+    # The fixture bites: answers differ per clip, stop at different steps, and clips need padding.
+    assert len({single[i].raw_text for i in range(len(clips))}) == len(clips), "answers should differ per clip"
+    assert len({single[i].new_tokens for i in range(len(clips))}) == len(clips), "answers should end apart"
+    assert max(o.new_tokens for o in single.values()) < 64, "every answer should stop before the cap"
     assert len({out.video_tokens for out in single.values()}) > 1, "clips should need padding"
     for i in range(len(clips)):
         one, many = single[i], batched[i]
-        assert many.error is None and one.error is None
         assert many.raw_text == one.raw_text, f"clip {i} differs when batched"
         assert (many.prompt_tokens, many.video_tokens, many.new_tokens) == (
             one.prompt_tokens,
             one.video_tokens,
             one.new_tokens,
         )
+
+
+def test_each_row_stops_on_its_own(tiny_model_path):
+    """The JSON stop marks rows done one by one (generate then pads them), and a row's reply ends at its
+    own stop token or padding: a finished row neither grows nor ends another row."""
+    from transformers import AutoTokenizer
+
+    from avdag.core.captioning.engine import JsonAnswerComplete, _reply_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    pad, im_end = tokenizer.pad_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")
+    prompt = tokenizer("Label it.", add_special_tokens=False)["input_ids"]
+    done = tokenizer('{"a": 1}', add_special_tokens=False)["input_ids"]
+    open_ = tokenizer('{"a": [1, 2', add_special_tokens=False)["input_ids"]
+    width = 8 * (max(len(done), len(open_)) // 8 + 1)  # new tokens: a multiple of the check interval
+    rows = [prompt + ids + [pad] * (width - len(ids)) for ids in (done, open_)]
+    stop = JsonAnswerComplete(tokenizer, len(prompt))
+    assert stop(torch.tensor(rows), None).tolist() == [True, False]
+    assert stop(torch.tensor([r[:-1] for r in rows]), None).tolist() == [False, False], "checked every 8 tokens"
+
+    stop_ids = {im_end}
+    assert _reply_tokens([5, 6, im_end, pad, pad], stop_ids, pad) == [5, 6, im_end]  # ended by its stop token
+    assert _reply_tokens([5, 6, 7, pad, pad], stop_ids, pad) == [5, 6, 7]  # marked done by the JSON stop
+    assert _reply_tokens([5, 6, 7, 8], stop_ids, pad) == [5, 6, 7, 8]  # still running at the cap
+    assert _reply_tokens([5, im_end, 7, 8], stop_ids, pad) == [5, im_end]  # nothing after its stop counts
 
 
 def test_two_workers_share_the_clips_and_agree_with_one(tiny_model_path, clips, prompts):
