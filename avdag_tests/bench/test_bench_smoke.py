@@ -301,6 +301,10 @@ def test_judge_bench_tiny_run(tmp_path):
         "rate_limited_every_item_scored",
     }
     assert report["goals"]["rerun_no_calls"] and report["goals"]["rate_limited_every_item_scored"]
+    # two (a)/(b) pairs, the second in the other order; the ratio is their median, with its spread
+    assert [r["order"] for r in report["repeats"]] == [["recipe", "avdag"], ["avdag", "recipe"]]
+    low, high = report["ratio_spread"]
+    assert low <= report["ratio_default_vs_recipe"] <= high
     recipe, default, narrow, rerun = report["rows"]
     assert recipe["items"] == recipe["calls"] == recipe["scored"] == 3
     for row in (default, narrow):
