@@ -53,7 +53,7 @@ GPU_CLIPS_PER_GENERATE = 8
 def default_clips_per_generate(device: str) -> int:
     """8 on a GPU, where a decoding step costs about the same for 8 rows as for 1; 1 on a CPU, where
     each row costs its full share and padding to the batch's longest clip is pure loss (measured
-    by the captioning benchmark)."""
+    by the captioning benchmark's `--batch-row 8`)."""
     return GPU_CLIPS_PER_GENERATE if device.startswith("cuda") else 1
 
 
