@@ -199,7 +199,8 @@ def test_lineage_traces_a_score_back_to_its_upload_caption_and_checkpoint(pipeli
     scores = result.output_for_node("finetuned_judge_scores")
     row = scores[scores["field"] == "lighting"].iloc[0]
     store, scratch = StateStore(str(avdag_home)), avdag_home / "scratch"
-    lineage = score_lineage(store, scratch, row["clip_id"], "lighting", "finetuned")
+    # --batch: the session's store holds other tests' batches, with the real clip in several of them
+    lineage = score_lineage(store, scratch, row["clip_id"], "lighting", "finetuned", batch=BATCH)
     upload, caption, checkpoint, score = (lineage.sections[k] for k in ("upload", "caption", "checkpoint", "score"))
     assert upload["sha256"] == row["clip_sha256"] and upload["batch"] == BATCH
     assert lineage.sections["split"]["split"] == "eval"
@@ -211,16 +212,16 @@ def test_lineage_traces_a_score_back_to_its_upload_caption_and_checkpoint(pipeli
     assert score["score_run_id"] == result.run_id
     assert lineage.mismatched == [], {name: section["check"] for name, section in lineage.sections.items()}
     assert "question lighting" in format_lineage(lineage)
-    baseline = score_lineage(store, scratch, row["clip_id"], "lighting", "baseline")
+    baseline = score_lineage(store, scratch, row["clip_id"], "lighting", "baseline", batch=BATCH)
     assert (
         baseline.mismatched == []
         and baseline.sections["model"]["model_hash"] == baseline.sections["caption"]["model_hash"]
     )
     with pytest.raises(LineageError, match="fields: weather, lighting"):
-        score_lineage(store, scratch, row["clip_id"], "no such question", "finetuned")
+        score_lineage(store, scratch, row["clip_id"], "no such question", "finetuned", batch=BATCH)
     train_clip = next(c for c in ids if split_for(c, EVAL_FRACTION) == "train")
     with pytest.raises(LineageError, match="not an eval clip"):
-        score_lineage(store, scratch, train_clip, "weather", "baseline")
+        score_lineage(store, scratch, train_clip, "weather", "baseline", batch=BATCH)
 
 
 def test_cli_lineage_prints_the_chain_and_names_what_is_missing(pipeline_run, capsys):

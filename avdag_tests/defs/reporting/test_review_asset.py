@@ -42,7 +42,7 @@ BATCH = "batch-review"
 def reviewed(tmp_path_factory, tiny_model_path):
     root = tmp_path_factory.mktemp("review")
     landing = root / "landing"
-    ids = write_sample_batch(landing, BATCH, n_synthetic=2, seed=0)
+    ids = write_sample_batch(landing, BATCH, n_synthetic=2, seed=5)  # clip ids no other test uses
     resources = small_resources(
         str(landing), clip_registry=ClipRegistryResource(db_url=sqlite_url(root / "registry.sqlite"))
     )
