@@ -229,7 +229,8 @@ def test_checkpoint_cadence_is_not_part_of_the_checkpoint_identity():
 @pytest.mark.parametrize("lora_rank", [0, 8], ids=["full", "lora"])
 def test_a_qwen3_vl_base_trains_exports_and_reloads_as_qwen3_vl(tmp_path, lora_rank):
     """The other family through the same loop: 32-pixel frames with timestamps, LoRA on the same projections."""
-    from avdag.core.captioning.model import load_model_and_processor
+    from avdag.core.captioning.engine import VlmCaptioner
+    from avdag.core.captioning.model import GenerationSettings, load_model_and_processor
     from avdag.core.captioning.model_family import (
         QWEN2_5_VL,
         QWEN3_VL,
@@ -260,6 +261,12 @@ def test_a_qwen3_vl_base_trains_exports_and_reloads_as_qwen3_vl(tmp_path, lora_r
     assert record["base_family"] == "qwen3_vl" and record["settings"]["max_pixels"] == 16 * 9 * 32 * 32
     model, processor = load_model_and_processor(str(tmp_path / "ckpt"), "cpu", QWEN3_VL)
     assert type(model).__name__ == "Qwen3VLForConditionalGeneration" and detect_family(tmp_path / "ckpt") is QWEN3_VL
+    del model, processor
+    # the fine-tune captions through the engine as a Qwen3-VL: 32-pixel tokens, 8 temporal patches
+    settings = GenerationSettings(max_new_tokens=8, max_pixels=QWEN3_VL.max_pixels)
+    tuned = VlmCaptioner(str(tmp_path / "ckpt"), device="cpu", settings=settings, expected_family=QWEN3_VL)
+    [(_, out)] = list(tuned.caption_stream([str(REAL_VIDEO)], prompts.system_prompt, prompts.user_prompt))
+    assert out.error is None and 0 < out.new_tokens <= 8 and out.video_tokens == 8 * 9 * 16
     if lora_rank:
         assert not (tmp_path / "ckpt" / "adapter_config.json").exists()  # merged into a plain checkpoint
     with pytest.raises(UnsupportedModelError, match="only used with the family it was trained from"):

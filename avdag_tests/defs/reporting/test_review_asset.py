@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import shlex
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -27,13 +26,8 @@ from avdag.core.reporting.review import EVAL_REVIEW, filter_rows, load_review, r
 from avdag.defs.pipeline.partitions import clip_batches
 from avdag.demo.sample_batch import REAL_CLIP_ID, write_sample_batch
 from avdag.resources.registry import ClipRegistryResource
+from avdag_tests.support.browser import browser_missing, chromium, sync_api
 from avdag_tests.support.pipeline_helpers import ALL_ASSETS, small_resources, small_run_config
-
-try:
-    from playwright import sync_api
-except ImportError:  # a failure below, never a skip: `make test` installs it
-    sync_api = None
-CHROMIUM = shutil.which("chromium")
 
 BATCH = "batch-review"
 
@@ -141,18 +135,10 @@ def test_cli_review_writes_the_page_locally_and_checks_the_filter(reviewed, tmp_
 
 @pytest.fixture(scope="module")
 def browser():
-    if sync_api is None:
-        pytest.fail("playwright is not installed (the [test] extra); run `make test`, which installs it", pytrace=False)
-    if CHROMIUM is None:
-        pytest.fail("Debian's chromium is not installed; run `make test`, which installs it", pytrace=False)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    if missing := browser_missing():
+        pytest.fail(missing, pytrace=False)
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture
