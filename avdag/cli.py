@@ -198,19 +198,21 @@ def _num(value) -> str:
 def demo(n_synthetic: int) -> int:
     """Generate the sample batch, put it in the landing zone (a folder or s3://) and run the pipeline for it."""
     from avdag.definitions import build_resources
-    from avdag.demo.sample_batch import demo_eval_fraction, write_sample_batch
+    from avdag.demo.sample_batch import demo_eval_fraction, demo_unlabelled_clips, write_sample_batch
 
     settings = Settings.from_env()
     zone = build_resources(settings)["landing_zone"].zone()
     started = time.perf_counter()
+    unlabelled = demo_unlabelled_clips(n_synthetic)
     if zone.is_local:
-        ids = write_sample_batch(Path(zone.root), DEMO_BATCH, n_synthetic)
+        ids = write_sample_batch(Path(zone.root), DEMO_BATCH, n_synthetic, n_unlabelled=unlabelled)
     else:
         staging = settings.home / "scratch" / "sample-batch"
-        ids = write_sample_batch(staging, DEMO_BATCH, n_synthetic)
+        ids = write_sample_batch(staging, DEMO_BATCH, n_synthetic, n_unlabelled=unlabelled)
         zone.upload_batch(staging / DEMO_BATCH, DEMO_BATCH)
     print(
-        f"sample batch {DEMO_BATCH}: {len(ids)} clips in {zone.url}/{DEMO_BATCH} ({time.perf_counter() - started:.0f}s)"
+        f"sample batch {DEMO_BATCH}: {len(ids)} clips ({unlabelled} without labels) in {zone.url}/{DEMO_BATCH} "
+        f"({time.perf_counter() - started:.0f}s)"
     )
     eval_fraction = demo_eval_fraction(n_synthetic)
     if eval_fraction:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 from avdag.core.common.atomic import atomic_path
@@ -19,12 +20,39 @@ from avdag.demo.synthetic_clips import generate_sample_batch
 DEMO_EVAL_FRACTION = 0.35
 
 
-def write_sample_batch(landing_root: Path, batch: str, n_synthetic: int, seed: int = 0) -> list[str]:
-    """Write `n_synthetic` synthetic clips and the real clip into `<landing_root>/<batch>/`, then `_READY`."""
+# The demo batch also lands this share of extra synthetic clips without labels: footage nobody has
+# labelled yet, for `labeling_queue` to rank (they are captioned, never trained or evaluated on).
+DEMO_UNLABELLED_SHARE = 0.1
+
+
+def write_sample_batch(
+    landing_root: Path, batch: str, n_synthetic: int, seed: int = 0, n_unlabelled: int = 0
+) -> list[str]:
+    """Write `n_synthetic` labelled synthetic clips, `n_unlabelled` more without labels and the real clip
+    into `<landing_root>/<batch>/`, then `_READY`."""
     ids = generate_sample_batch(landing_root, batch, n_synthetic, seed=seed)
+    if n_unlabelled:
+        ids += _unlabelled_clips(landing_root / batch, n_unlabelled, seed=seed + 1)
     copy_real_clip(landing_root / batch)
     (landing_root / batch / READY_MARKER).touch()
     return ids + [REAL_CLIP_ID]
+
+
+def demo_unlabelled_clips(n_synthetic: int) -> int:
+    return int(n_synthetic * DEMO_UNLABELLED_SHARE)
+
+
+def _unlabelled_clips(batch_dir: Path, count: int, seed: int) -> list[str]:
+    """Synthetic clips of another seed (other ids and scenes) whose videos land without their labels."""
+    with tempfile.TemporaryDirectory() as staging:
+        ids = generate_sample_batch(Path(staging), "unlabelled", count, seed=seed)
+        for clip_id in ids:
+            target = batch_dir / "videos" / f"{clip_id}{VIDEO_SUFFIX}"
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(target) as tmp:
+                    shutil.copyfile(Path(staging) / "unlabelled" / "videos" / f"{clip_id}{VIDEO_SUFFIX}", tmp)
+    return ids
 
 
 def copy_real_clip(batch_dir: Path) -> None:

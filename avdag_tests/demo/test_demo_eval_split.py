@@ -37,8 +37,25 @@ def test_the_demo_runs_its_batch_at_the_demo_fraction(monkeypatch, tmp_path):
     from avdag import cli
 
     monkeypatch.setenv("AVDAG_LANDING_URL", str(tmp_path))
-    monkeypatch.setattr(sample_batch, "write_sample_batch", lambda root, batch, n: [f"c{i}" for i in range(n + 1)])
+    written = []
+    monkeypatch.setattr(
+        sample_batch,
+        "write_sample_batch",
+        lambda root, batch, n, n_unlabelled: written.append(n_unlabelled) or [f"c{i}" for i in range(n + 1)],
+    )
     runs = []
     monkeypatch.setattr(cli, "run_batch", lambda batch, eval_fraction=None: runs.append((batch, eval_fraction)) or 0)
     assert cli.demo(DEFAULT_DEMO_CLIPS) == 0 and cli.demo(4) == 0
     assert runs == [(cli.DEMO_BATCH, DEMO_EVAL_FRACTION), (cli.DEMO_BATCH, None)]
+    assert written == [DEFAULT_DEMO_CLIPS // 10, 0]  # the wheel check's 4-clip demo lands no unlabelled clip
+
+
+def test_unlabelled_demo_clips_land_without_labels_and_other_ids(tmp_path):
+    from avdag.core.ingest.landing import LABEL_SUFFIX, VIDEO_SUFFIX
+    from avdag.demo.sample_batch import write_sample_batch
+
+    ids = write_sample_batch(tmp_path, "b", 2, n_unlabelled=2)
+    assert len(ids) == len(set(ids)) == 5
+    labelled = {p.name.removesuffix(LABEL_SUFFIX) for p in (tmp_path / "b" / "metas").iterdir()}
+    videos = {p.name.removesuffix(VIDEO_SUFFIX) for p in (tmp_path / "b" / "videos").iterdir()}
+    assert videos == set(ids) and labelled == set(ids[:2]) | {"solidWhiteRight"}
