@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -187,8 +188,21 @@ def _print_report() -> None:
     print(f"\nchart: {store.uri(files.png)}")
     print(f"table: {store.uri(files.json)}")
     print("\nsearch and review the clips (each line works pasted into a shell; more in the README):")
+    command = _avdag_command()
     for hint in HINTS:
-        print(f"  .venv/bin/{hint}")
+        print(f"  {command}{hint.removeprefix('avdag')}")
+
+
+def _avdag_command() -> str:
+    """This avdag as the user's shell reaches it: `avdag` when PATH finds this one, else its path."""
+    mine = Path(sys.executable).parent / "avdag"
+    found = shutil.which("avdag")
+    if found and Path(found).resolve() == mine.resolve():
+        return "avdag"
+    try:
+        return shlex.quote(str(mine.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(mine))
 
 
 def _num(value) -> str:

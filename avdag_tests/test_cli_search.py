@@ -149,3 +149,16 @@ def test_exact_mode_keeps_substrings(state, capsys):
     assert "no matching clips" in capsys.readouterr().out
     assert main(["search", "--exact", "text~walks across", "--limit", "100"]) == 0
     assert set(_printed_ids(capsys.readouterr().out)) == expected(lambda s: s.has_pedestrian)
+
+
+def test_the_printed_command_is_this_avdag_from_wherever_the_demo_ran(tmp_path, monkeypatch):
+    """The hints' `avdag` is the one running: a path from the current folder when PATH would find another."""
+    import shutil
+    from pathlib import Path
+
+    from avdag.cli import _avdag_command
+
+    monkeypatch.chdir(tmp_path)
+    command = _avdag_command()
+    resolved = shutil.which("avdag") if command == "avdag" else shlex.split(command)[0]
+    assert resolved and Path(resolved).resolve() == (Path(sys.executable).parent / "avdag").resolve()
