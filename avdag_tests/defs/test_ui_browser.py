@@ -17,11 +17,10 @@ import dagster as dg
 import pytest
 
 from avdag.core.common.database import sqlite_url
-from avdag.defs.pipeline.partitions import clip_batches
 from avdag.demo.sample_batch import write_sample_batch
 from avdag.resources.registry import ClipRegistryResource
 from avdag_tests.support.browser import browser_missing, chromium, sync_api
-from avdag_tests.support.pipeline_helpers import ALL_ASSETS, small_resources, small_run_config
+from avdag_tests.support.pipeline_helpers import materialize_batch, small_resources
 
 BATCH = "batch-ui"
 REPO = Path(__file__).resolve().parents[2]
@@ -56,18 +55,10 @@ def demo_home(tmp_path_factory, tiny_model_path):
         mp.setenv("DAGSTER_HOME", str(dagster_home))
         mp.setenv("HF_HUB_OFFLINE", "1")
         with dg.DagsterInstance.get() as instance:  # persistent, in DAGSTER_HOME: the webserver reads it
-            instance.add_dynamic_partitions(clip_batches.name, [BATCH])
             resources = small_resources(
                 str(landing), clip_registry=ClipRegistryResource(db_url=sqlite_url(landing / "_registry.sqlite"))
             )
-            dg.materialize(
-                ALL_ASSETS,
-                partition_key=BATCH,
-                resources=resources,
-                instance=instance,
-                run_config=small_run_config(),
-                raise_on_error=True,
-            )
+            materialize_batch(instance, BATCH, resources)
             metadata = {
                 key: instance.get_latest_materialization_event(dg.AssetKey(key)).asset_materialization.metadata
                 for key in ("finetuned_judge_scores", "score_comparison")

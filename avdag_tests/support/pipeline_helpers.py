@@ -1,7 +1,10 @@
 """Shared set-up for tests that materialize the whole asset graph on a small batch."""
 
+import dagster as dg
+
 from avdag.core.common.state_store import StateStore, storage_options
 from avdag.definitions import ASSET_CHECKS, build_resources, defs
+from avdag.defs.pipeline.partitions import clip_batches
 from avdag.resources.captioner import EMBEDDED_MODEL_KEY, CaptionerResource
 from avdag.resources.storage import LandingZoneResource, StateStoreResource
 from avdag.resources.trainer import EmbeddedTrainerResource
@@ -30,3 +33,18 @@ def state_with_tiny_model(url: str, tiny_model_path: str, s3_endpoint_url: str |
 
 def small_run_config() -> dict:
     return {"ops": {"clip_splits": {"config": {"eval_fraction": EVAL_FRACTION}}}}
+
+
+def materialize_batch(
+    instance: dg.DagsterInstance, batch: str, resources: dict, run_config: dict | None = None
+) -> dg.ExecuteInProcessResult:
+    """Every asset and check for one clip batch (a new partition), in process; raises on a failed step."""
+    instance.add_dynamic_partitions(clip_batches.name, [batch])
+    return dg.materialize(
+        ALL_ASSETS,
+        partition_key=batch,
+        resources=resources,
+        instance=instance,
+        run_config=run_config or small_run_config(),
+        raise_on_error=True,
+    )

@@ -6,11 +6,10 @@ import dagster as dg
 
 from avdag.core.common.database import sqlite_url
 from avdag.defs.pipeline.code_versions import code_versions
-from avdag.defs.pipeline.partitions import clip_batches
 from avdag.demo.sample_batch import write_sample_batch
 from avdag.resources.captioner import CaptionerResource
 from avdag.resources.registry import ClipRegistryResource
-from avdag_tests.support.pipeline_helpers import ALL_ASSETS, small_resources, small_run_config
+from avdag_tests.support.pipeline_helpers import materialize_batch, small_resources, small_run_config
 
 BATCH = "batch-qwen3"
 PROMOTE_ANYWAY = {"candidate_evaluation": {"config": {"max_regression": 5.0}}}
@@ -27,16 +26,8 @@ def test_the_whole_graph_runs_on_a_qwen3_vl_model(tmp_path, monkeypatch):
         captioner=captioner,
     )
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(clip_batches.name, [BATCH])
-        result = dg.materialize(
-            ALL_ASSETS,
-            partition_key=BATCH,
-            resources=resources,
-            instance=instance,
-            # the gate judges 8-token answers of a 3-step fine-tune: promote whatever it says, the run is the point
-            run_config={"ops": {**small_run_config()["ops"], **PROMOTE_ANYWAY}},
-            raise_on_error=True,
-        )
+        # the gate judges 8-token answers of a 3-step fine-tune: promote whatever it says, the run is the point
+        result = materialize_batch(instance, BATCH, resources, {"ops": {**small_run_config()["ops"], **PROMOTE_ANYWAY}})
         materialized = {
             event.asset_key.to_user_string() for event in result.get_asset_materialization_events() if event.asset_key
         }

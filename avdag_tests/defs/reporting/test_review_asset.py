@@ -23,11 +23,10 @@ from avdag.core.common.database import sqlite_url
 from avdag.core.common.labels import FIELDS
 from avdag.core.common.state_store import StateStore
 from avdag.core.reporting.review import EVAL_REVIEW, filter_rows, load_review, review_keys
-from avdag.defs.pipeline.partitions import clip_batches
 from avdag.demo.sample_batch import REAL_CLIP_ID, write_sample_batch
 from avdag.resources.registry import ClipRegistryResource
 from avdag_tests.support.browser import browser_missing, chromium, sync_api
-from avdag_tests.support.pipeline_helpers import ALL_ASSETS, small_resources, small_run_config
+from avdag_tests.support.pipeline_helpers import materialize_batch, small_resources
 
 BATCH = "batch-review"
 
@@ -41,15 +40,7 @@ def reviewed(tmp_path_factory, tiny_model_path):
         str(landing), clip_registry=ClipRegistryResource(db_url=sqlite_url(root / "registry.sqlite"))
     )
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(clip_batches.name, [BATCH])
-        result = dg.materialize(
-            ALL_ASSETS,
-            partition_key=BATCH,
-            resources=resources,
-            instance=instance,
-            run_config=small_run_config(),
-            raise_on_error=True,
-        )
+        result = materialize_batch(instance, BATCH, resources)
         metadata = {
             name: instance.get_latest_materialization_event(dg.AssetKey(name)).asset_materialization.metadata
             for name in ("batch_review", "eval_review")
