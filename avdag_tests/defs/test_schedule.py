@@ -36,21 +36,23 @@ def test_schedule_requests_only_stale_batches():
         for key in ("raw_clips", "baseline_captions", "finetuned_captions"):
             _materialize(instance, key, "a")
         _materialize(instance, "raw_clips", "b")
-        context = dg.build_schedule_context(
+        # The context opens its own instance from the ref; `with` closes it, so the instance's
+        # defs-state context variable is restored here, not later by the garbage collector.
+        with dg.build_schedule_context(
             instance=instance, scheduled_execution_time=datetime(2026, 11, 25, 2, tzinfo=UTC)
-        )
-        requests = nightly_reprocess(context)
-        assert [(r.partition_key, r.tags["avdag/reprocess_reason"]) for r in requests] == [
-            ("b", "baseline captions missing")
-        ]
-        assert requests[0].run_key == "nightly:2026-11-25:b"
-        _materialize(instance, "raw_clips", "a")  # batch a re-uploaded: its captions are now stale
-        for key in ("baseline_captions", "finetuned_captions"):
-            _materialize(instance, key, "b")
-        requests = nightly_reprocess(context)
-        assert [(r.partition_key, r.tags["avdag/reprocess_reason"]) for r in requests] == [
-            ("a", "baseline captions older than the clips")
-        ]
+        ) as context:
+            requests = nightly_reprocess(context)
+            assert [(r.partition_key, r.tags["avdag/reprocess_reason"]) for r in requests] == [
+                ("b", "baseline captions missing")
+            ]
+            assert requests[0].run_key == "nightly:2026-11-25:b"
+            _materialize(instance, "raw_clips", "a")  # batch a re-uploaded: its captions are now stale
+            for key in ("baseline_captions", "finetuned_captions"):
+                _materialize(instance, key, "b")
+            requests = nightly_reprocess(context)
+            assert [(r.partition_key, r.tags["avdag/reprocess_reason"]) for r in requests] == [
+                ("a", "baseline captions older than the clips")
+            ]
 
 
 def test_schedule_skips_when_everything_is_fresh():
@@ -58,5 +60,6 @@ def test_schedule_skips_when_everything_is_fresh():
         instance.add_dynamic_partitions(clip_batches.name, ["a"])
         for key in ("raw_clips", "baseline_captions", "finetuned_captions"):
             _materialize(instance, key, "a")
-        result = nightly_reprocess(dg.build_schedule_context(instance=instance))
+        with dg.build_schedule_context(instance=instance) as context:
+            result = nightly_reprocess(context)
         assert isinstance(result, dg.SkipReason) and "up to date" in result.skip_message
