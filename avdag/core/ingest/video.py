@@ -375,7 +375,14 @@ def _decode_tail(stream: av.VideoStream, packets: list[av.Packet]) -> int | None
     return end
 
 
-def _present_duration_s(path: Path, file_size: int) -> tuple[float, str]:
+@dataclass(frozen=True)
+class _Presence:
+    seconds: float  # of video whose data is in the file and decodes
+    detail: str  # how that was found, for the quarantine reason
+    data_missing: bool  # a packet's bytes run past end of file (or demuxing stopped): the file was cut
+
+
+def _present_duration_s(path: Path, file_size: int) -> _Presence:
     """Seconds of video whose data is in the file and decodes, and how that was found.
 
     Demuxes the whole packet index (no decoding): the first packet whose bytes run past end of file,
@@ -410,6 +417,9 @@ def _present_duration_s(path: Path, file_size: int) -> tuple[float, str]:
             reason = f"demuxing stopped: {_ffmpeg_message(error)}"
         else:
             reason = "a packet runs past end of file" if cut else "every packet's data is present"
+        if not cut and complete < stream.frames:  # FFmpeg can stop quietly where the data ends
+            cut = True
+            reason = f"demuxing ended after {complete} packets"
         decoded_end = _decode_tail(stream, tail) if tail else None
         if tail and (decoded_end is None or decoded_end < end):
             first = _packet_span(tail[0])
@@ -418,8 +428,27 @@ def _present_duration_s(path: Path, file_size: int) -> tuple[float, str]:
         declared = f" of {stream.frames}" if stream.frames > 0 else ""
         detail = f"{complete}{declared} frames' data present, {file_size} bytes in the file; {reason}"
         if end is None or start is None or stream.time_base is None:
-            return 0.0, detail
-        return float((end - start) * stream.time_base), detail
+            return _Presence(0.0, detail, cut)
+        return _Presence(float((end - start) * stream.time_base), detail, cut)
+
+
+def _cut_before_first_frame(
+    path: Path, size_bytes: int, container: av.container.InputContainer, stream: av.VideoStream, error: VideoError
+) -> VideoError:
+    """VideoTruncated when an upload was cut before its first frame's data: the index declares footage
+    whose bytes never arrived. A file whose bytes are all there but do not decode stays a plain
+    VideoError (corrupt, not cut)."""
+    try:
+        declared_s = _stream_duration_s(container, stream)
+        if declared_s is None and stream.frames > 0:
+            declared_s = stream.frames / _stream_fps(path, stream)
+        present = _present_duration_s(path, size_bytes)
+    except (VideoError, av.FFmpegError):
+        return error  # no index to compare against: the decode failure says it best
+    if declared_s is None or not present.data_missing or declared_s - present.seconds <= TRUNCATION_TOLERANCE_S:
+        return error
+    first_frame = error.reason.removeprefix("truncated: ")
+    return VideoTruncated(path, declared_s, present.seconds, f"{present.detail}; first frame: {first_frame}")
 
 
 def probe_video(path: str | os.PathLike[str]) -> VideoProbe:
@@ -431,7 +460,10 @@ def probe_video(path: str | os.PathLike[str]) -> VideoProbe:
     path = Path(path)
     size_bytes = _check_file(path)
     with _open_video_stream(path) as (container, stream):
-        first_frame = _decode_first_frame(path, container, stream)
+        try:
+            first_frame = _decode_first_frame(path, container, stream)
+        except VideoError as error:
+            raise _cut_before_first_frame(path, size_bytes, container, stream, error) from error
         fps = _stream_fps(path, stream)
         duration_s = _stream_duration_s(container, stream)
         if stream.frames > 0:
@@ -443,9 +475,9 @@ def probe_video(path: str | os.PathLike[str]) -> VideoProbe:
         if duration_s is None:
             duration_s = num_frames / fps
         codec = stream.codec_context.name
-    present_s, detail = _present_duration_s(path, size_bytes)
-    if duration_s - present_s > TRUNCATION_TOLERANCE_S:
-        raise VideoTruncated(path, duration_s, present_s, detail)
+    present = _present_duration_s(path, size_bytes)
+    if duration_s - present.seconds > TRUNCATION_TOLERANCE_S:
+        raise VideoTruncated(path, duration_s, present.seconds, present.detail)
     return VideoProbe(
         duration_s=duration_s,
         fps=fps,

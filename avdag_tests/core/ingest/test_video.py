@@ -301,6 +301,33 @@ def test_probe_flags_a_synthetic_clip_cut_after_its_index(tmp_path: Path) -> Non
     assert caught.value.declared_s - caught.value.decodable_s > TRUNCATION_TOLERANCE_S
 
 
+@pytest.mark.parametrize("keep_fraction", [0.0, 0.001, 0.01])
+def test_probe_flags_an_upload_cut_before_its_first_frame(tmp_path: Path, keep_fraction: float) -> None:
+    """Index intact, the mdat cut inside (or before) the first frame: nothing decodes, but the index
+    declares 8.84 s whose bytes never arrived, so it is a cut upload, not an undecodable video."""
+    path = tmp_path / "cut_early.mp4"
+    path.write_bytes(cut_tail(REAL_CLIP, keep_fraction))
+    with pytest.raises(VideoTruncated) as caught:
+        probe_video(path)
+    error = caught.value
+    assert error.declared_s == pytest.approx(8.84, abs=0.05)
+    assert error.decodable_s == 0.0
+    assert "0 of 221 frames' data present" in error.reason and "first frame:" in error.reason
+
+
+def test_a_whole_file_whose_frames_do_not_decode_is_not_called_truncated(tmp_path: Path) -> None:
+    """Every byte the index names is there, but it is zeros: corrupt, not cut (the control for the above)."""
+    data = bytearray(faststart(REAL_CLIP))
+    (_, offset, _) = next(box for box in top_level_boxes(bytes(data)) if box[0] == "mdat")
+    data[offset + 8 :] = bytes(len(data) - offset - 8)
+    path = tmp_path / "zeros.mp4"
+    path.write_bytes(bytes(data))
+    with pytest.raises(VideoError) as caught:
+        probe_video(path)
+    assert not isinstance(caught.value, VideoTruncated)
+    assert caught.value.reason.startswith("cannot decode"), caught.value.reason
+
+
 def test_probe_flags_a_tail_that_is_present_but_not_video(tmp_path: Path) -> None:
     """A preallocated file never filled: every byte range is there, the last 30% are zeros."""
     data = bytearray(REAL_CLIP.read_bytes())
