@@ -92,6 +92,16 @@ class Database:
             with connection.begin():
                 yield connection
 
+    def serialize(self, connection: Connection, lock_key: int) -> None:
+        """Make this write transaction the only one past this point until it ends (`lock_key`: which queue).
+
+        For a read-then-insert that must see every earlier insert (a twin search, a feed read by
+        sequence number). SQLite's write transaction already holds the database's one write lock;
+        Postgres takes a transaction-level advisory lock, released at commit or rollback.
+        """
+        if self.dialect == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
+
     def insert_new(self, table: Table) -> Insert:
         """An INSERT that skips rows whose unique key is taken (`ON CONFLICT DO NOTHING`): the first writer wins.
 
@@ -108,7 +118,7 @@ class Database:
             return
         with self.write() as connection:
             if self.dialect == "postgresql":
-                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+                self.serialize(connection, _SCHEMA_LOCK_KEY)
             for table in metadata.sorted_tables:
                 connection.execute(CreateTable(table, if_not_exists=True))
                 for index in sorted(table.indexes, key=lambda index: index.name or ""):

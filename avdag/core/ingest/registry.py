@@ -10,6 +10,7 @@ NOTHING` and re-read when another run got there first.
 Near-duplicates (`near_duplicates.py`): each clip's perceptual signature is kept here too, with the
 nearest clip registered before it and their distance, fixed at first registration, so re-runs give
 the same answers and the earlier clip is always the twin (a pair is never flagged both ways).
+Signature registrations queue on one lock, so twins registered by two runs at once are still paired.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ _SIGNATURES = Table(
     Column("twin_clip_id", Text),
     Column("distance", Float),
 )
+# Signature registrations queue on this (Postgres advisory lock): each twin search then sees every
+# earlier signature, and sequence numbers commit in order, so no reader's catch-up skips one.
+_SIGNATURE_LOCK_KEY = 0x61766461_67000002
 _MAX_RACES = 5  # rounds of losing the same clip id to concurrent runs before giving up
 
 
@@ -93,6 +97,7 @@ class ClipRegistry:
             return known
         value = signature()
         with self.db.write() as db:
+            self.db.serialize(db, _SIGNATURE_LOCK_KEY)
             self._catch_up(db)
             twin = nearest(value, [(sha, sig) for sha, (_, sig) in self._signatures.items() if sha != sha256])
             row = dict(sha256=sha256, clip_id=clip_id, batch=batch, signature=value)

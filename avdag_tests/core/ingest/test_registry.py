@@ -1,6 +1,7 @@
 """The dedup registry on SQLite and on Postgres: who owns which content, also when runs on two nodes race."""
 
 import multiprocessing
+import random
 import sqlite3
 
 from avdag.core.ingest.registry import ClipRegistry, Registration
@@ -77,3 +78,44 @@ def test_an_old_registry_file_is_imported_into_an_empty_database_once(db_url, tm
     assert registry.import_legacy(old) == 0, "a registry in use is never overwritten"
     assert registry.register("b3", "z", "sha-1", "s3://l/b3/z.mp4") == Registration("duplicate", "a", "b1")
     assert [source[0] for source in registry.sources("sha-1")] == ["b1", "b2", "b3"]
+
+
+def _twin_signature(n: int) -> str:
+    """Sixteen random 64-bit frame hashes, the same for both copies of content n (~32 bits from any other n)."""
+    rng = random.Random(n)
+    return "".join(f"{rng.getrandbits(64):016x}" for _ in range(16))
+
+
+def _sign_all(url: str, batch: str, ready, results) -> None:
+    ready.wait(timeout=60)
+    registry = ClipRegistry(url)
+    records = [
+        registry.signature_record(batch, f"{batch}-{n}", f"{batch}-sha-{n}", lambda n=n: _twin_signature(n))
+        for n in range(RACED)
+    ]
+    results.put((batch, [(r.sha256, r.twin_sha256, r.distance) for r in records]))
+
+
+def test_two_nodes_signing_twins_at_once_flag_every_pair_exactly_once(db_url):
+    """Two processes register 150 pairs of twins (same frames, different bytes) at the same moment: each
+    twin search must see every signature committed before it, so of each pair exactly the later one
+    names the other at distance 0. Without serialized searches, Postgres lets both miss each other."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    ready = context.Barrier(2)
+    workers = [context.Process(target=_sign_all, args=(db_url, b, ready, results)) for b in ("b1", "b2")]
+    for worker in workers:
+        worker.start()
+    outcomes = dict(results.get(timeout=120) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    unflagged, flagged_twice = [], []
+    for n in range(RACED):
+        (sha1, twin1, d1), (sha2, twin2, d2) = outcomes["b1"][n], outcomes["b2"][n]
+        names_other = [twin1 == sha2 and d1 == 0.0, twin2 == sha1 and d2 == 0.0]
+        if not any(names_other):
+            unflagged.append(n)
+        elif all(names_other):
+            flagged_twice.append(n)
+    assert (unflagged, flagged_twice) == ([], []), f"{len(unflagged)} pairs missed, {len(flagged_twice)} flagged twice"
