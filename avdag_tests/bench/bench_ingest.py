@@ -42,6 +42,12 @@ Goals (`--check` exits 1 when one is MISSED):
 Part 2, ingest probe. `probe_video` (container metadata + first frame + sha256) vs a naive probe that
 decodes every frame to count frames and duration, over seeded synthetic clips plus the real sample.
 
+Part 3, twin search. The near-duplicate search each new clip makes over every signature registered
+before it: `SignatureIndex.nearest` vs the pair-by-pair loop over `signature_distance` it replaced,
+on the same seeded 16-frame signatures, for each registry size in `twin_search_sizes`, the two
+sides alternating first. Goals: the same twin and distance for every query (deterministic), and
+the index at least TWIN_SEARCH_SPEEDUP x faster at the largest size (median of the queries).
+
 Nothing here asserts a timing; numbers are printed (and optionally written as JSON).
 """
 
@@ -105,7 +111,11 @@ class Sizes:
     batch_sweep: tuple[int, ...] = (1, 5, 20)
     sweep_clips_per_batch: int = 20
     clip_bytes: int = CLIP_BYTES
+    twin_search_sizes: tuple[int, ...] = (1_000, 10_000)
+    twin_search_queries: int = 6
 
+
+TWIN_SEARCH_SPEEDUP = 5.0  # goal: the index vs the pair-by-pair loop, at the largest registry size
 
 FULL = Sizes(
     history_clips=(100, 2_000, 10_000),
@@ -126,6 +136,8 @@ QUICK = Sizes(
     probe_repeats=2,
     batch_sweep=(1, 4, 8),
     sweep_clips_per_batch=5,
+    twin_search_sizes=(500, 2_000),
+    twin_search_queries=4,
 )
 
 
@@ -694,6 +706,60 @@ def bench_probe(clips: Sequence[Path], repeats: int) -> dict:
     return report
 
 
+def _seeded_signature(rng: random.Random, frames: int = 16) -> str:
+    return "".join(f"{rng.getrandbits(64):016x}" for _ in range(frames))
+
+
+def bench_twin_search(sizes: Sequence[int], queries: int, seed: int) -> dict:
+    """Index vs pair-by-pair twin search over the same registered signatures, alternating first."""
+    from avdag.core.ingest.near_duplicates import SignatureIndex, signature_distance
+
+    def pairwise(query: str, pairs: list[tuple[str, str]]) -> tuple[str, float] | None:
+        best = None
+        for key, other in pairs:
+            distance = signature_distance(query, other)
+            if best is None or distance < best[1]:
+                best = (key, distance)
+        return best
+
+    rng = random.Random(seed)
+    rows = []
+    for size in sizes:
+        pairs = [(f"sha-{n}", _seeded_signature(rng)) for n in range(size)]
+        index = SignatureIndex(pairs)
+        # Half the queries are a registered clip with a few bits flipped (a re-encode), half are new footage.
+        asked = [
+            pairs[rng.randrange(size)][1][:-2] + f"{rng.getrandbits(8):02x}" if q % 2 else _seeded_signature(rng)
+            for q in range(queries)
+        ]
+        times: dict[str, list[float]] = {"index": [], "pairwise": []}
+        same = True
+        for q, query in enumerate(asked):
+            order = (("index", index.nearest), ("pairwise", lambda x, pairs=pairs: pairwise(x, pairs)))
+            answers = {}
+            for name, search in order if q % 2 == 0 else order[::-1]:
+                start = time.perf_counter()
+                answers[name] = search(query)
+                times[name].append(time.perf_counter() - start)
+            same &= answers["index"] == answers["pairwise"]
+        index_ms, pairwise_ms = (statistics.median(times[k]) * 1000 for k in ("index", "pairwise"))
+        rows.append(
+            {
+                "registered": size,
+                "queries": queries,
+                "index_ms": index_ms,
+                "pairwise_ms": pairwise_ms,
+                "speedup": pairwise_ms / index_ms,
+                "spread": [
+                    min(p / i for p, i in zip(times["pairwise"], times["index"])),
+                    max(p / i for p, i in zip(times["pairwise"], times["index"])),
+                ],
+                "same_answers": same,
+            }
+        )
+    return {"rows": rows}
+
+
 # ----------------------------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------------------------
@@ -764,6 +830,10 @@ def goals(report: dict) -> dict[str, bool]:
         if larger:
             base = rows[-1]["tick_ms_median"]
             met["flat_in_bytes"] = larger["tick_ms_median"] <= max(BYTES_SLACK * base, base + BYTES_SLACK_MS)
+    twins = report.get("twin_search")
+    if twins:
+        met["twin_search_same_answers"] = all(r["same_answers"] for r in twins["rows"])
+        met["twin_search_speedup"] = twins["rows"][-1]["speedup"] >= TWIN_SEARCH_SPEEDUP
     return met
 
 
@@ -813,6 +883,30 @@ def format_goals(report: dict) -> list[str]:
                 f"{larger['tick_ms_median']:.2f} ms vs {base:.2f} ms "
                 f"(goal <= {BYTES_SLACK:g}x or +{BYTES_SLACK_MS:g} ms) -> {_verdict(met['flat_in_bytes'])}"
             )
+    twins = report.get("twin_search")
+    if twins and "twin_search_speedup" in met:
+        last = twins["rows"][-1]
+        lines.append(
+            f"  twin search, same twin and distance as pair by pair: -> {_verdict(met['twin_search_same_answers'])}"
+        )
+        lines.append(
+            f"  twin search over {last['registered']} clips: index x{last['speedup']:.1f} vs pair by pair "
+            f"(goal >= x{TWIN_SEARCH_SPEEDUP:g}) -> {_verdict(met['twin_search_speedup'])}"
+        )
+    return lines
+
+
+def format_twin_search(report: dict) -> list[str]:
+    twins = report.get("twin_search")
+    if not twins:
+        return []
+    lines = ["twin search per new clip (median over queries, sides alternating first)"]
+    for r in twins["rows"]:
+        lines.append(
+            f"  {r['registered']:>6} registered  index {r['index_ms']:8.2f} ms  "
+            f"pair by pair {r['pairwise_ms']:9.2f} ms  "
+            f"x{r['speedup']:.1f} [x{r['spread'][0]:.1f}..x{r['spread'][1]:.1f}]  same answers: {r['same_answers']}"
+        )
     return lines
 
 
@@ -941,6 +1035,8 @@ def format_report(report: dict) -> str:
             f"  speedup x{probe['speedup']:.1f} (clips/s); frame counts agree: {probe['frame_counts_agree']}"
             + (f"; real clip: {probe['real_clip_frames']} frames" if probe.get("real_clip_frames") else "")
         )
+    if report.get("twin_search"):
+        lines += [""] + format_twin_search(report)
     if "goals" in report:
         lines += [""] + format_goals(report)
     return "\n".join(lines)
@@ -995,6 +1091,8 @@ def run(
         with tempfile.TemporaryDirectory(prefix="avdag-bench-probe-") as tmp:
             clips = make_probe_clips(Path(tmp), sizes.probe_synthetic_clips, seed=seed)
             report["probe"] = bench_probe(clips, sizes.probe_repeats)
+    log("twin search ...")
+    report["twin_search"] = bench_twin_search(sizes.twin_search_sizes, sizes.twin_search_queries, seed)
     report["goals"] = goals(report)
     report["total_s"] = time.perf_counter() - started
     return report

@@ -165,8 +165,15 @@ def test_batch_sweep_reads_nothing_and_grows_by_batches(sweeps):
     assert "larger_clips" not in s3
 
 
+def test_twin_search_gives_the_pairwise_answers():
+    twins = bench.bench_twin_search((50, 200), queries=4, seed=0)
+    assert [r["registered"] for r in twins["rows"]] == [50, 200]
+    assert all(r["same_answers"] and r["index_ms"] > 0 and r["pairwise_ms"] > 0 for r in twins["rows"])
+
+
 def test_formatted_report_and_json(sensors, sweeps, probe):
-    report = {"sensor": [sensors["local"], sensors["s3"]], "batches": sweeps, "probe": probe}
+    twins = bench.bench_twin_search((20,), queries=2, seed=0)
+    report = {"sensor": [sensors["local"], sensors["s3"]], "batches": sweeps, "probe": probe, "twin_search": twins}
     report["goals"] = bench.goals(report)
     assert set(report["goals"]) == {
         "reads_no_clip_bytes",
@@ -177,9 +184,11 @@ def test_formatted_report_and_json(sensors, sweeps, probe):
         "flat_in_bytes",
         "calls_linear_in_batches_s3",
         "linear_in_batches_s3",
+        "twin_search_same_answers",
+        "twin_search_speedup",
     }
     # The deterministic goals hold on any machine; the timed ones are only printed.
-    assert all(report["goals"][g] for g in ("reads_no_clip_bytes", "calls_flat_in_history"))
+    assert all(report["goals"][g] for g in ("reads_no_clip_bytes", "calls_flat_in_history", "twin_search_same_answers"))
     text = bench.format_report(report)
     for needle in ("sensor tick over N waiting batches", "32 MiB", "goals:", "no tick reads an object's bytes"):
         assert needle in text
@@ -193,6 +202,8 @@ def test_formatted_report_and_json(sensors, sweeps, probe):
         "avdag probe_video",
         "naive full decode",
         "speedup x",
+        "twin search per new clip",
+        "twin search over 20 clips",
     ):
         assert needle in text
     assert json.loads(json.dumps(report, default=str))["sensor"][1]["backend"] == "s3"

@@ -24,7 +24,7 @@ from pathlib import Path
 from sqlalchemy import Column, Connection, Float, Integer, MetaData, Table, Text, delete, select
 
 from avdag.core.common.database import Database
-from avdag.core.ingest.near_duplicates import nearest
+from avdag.core.ingest.near_duplicates import SignatureIndex
 
 _METADATA = MetaData()
 _CLIPS = Table(
@@ -87,7 +87,8 @@ class ClipRegistry:
     def __init__(self, db: Database | str) -> None:
         self.db = db if isinstance(db, Database) else Database(db)
         self.db.ensure_schema(_METADATA)
-        self._signatures: dict[str, tuple[str, str]] = {}  # sha256 -> (clip id, signature), rows up to _seen
+        self._clip_ids: dict[str, str] = {}  # sha256 -> clip id, of the signature rows up to _seen
+        self._index = SignatureIndex()  # those rows' signatures, keyed by sha256
         self._seen = 0
 
     def signature_record(self, batch: str, clip_id: str, sha256: str, signature: Callable[[], str]) -> SignatureRecord:
@@ -99,10 +100,10 @@ class ClipRegistry:
         with self.db.write() as db:
             self.db.serialize(db, _SIGNATURE_LOCK_KEY)
             self._catch_up(db)
-            twin = nearest(value, [(sha, sig) for sha, (_, sig) in self._signatures.items() if sha != sha256])
+            twin = self._index.nearest(value, exclude=sha256)
             row = dict(sha256=sha256, clip_id=clip_id, batch=batch, signature=value)
             if twin:
-                row.update(twin_sha256=twin[0], twin_clip_id=self._signatures[twin[0]][0], distance=round(twin[1], 3))
+                row.update(twin_sha256=twin[0], twin_clip_id=self._clip_ids[twin[0]], distance=round(twin[1], 3))
             db.execute(self.db.insert_new(_SIGNATURES).values(**row))
         return self.record_for(sha256)  # ours, or a concurrent run's if it got there first
 
@@ -117,7 +118,8 @@ class ClipRegistry:
         columns = (_SIGNATURES.c.seq, _SIGNATURES.c.sha256, _SIGNATURES.c.clip_id, _SIGNATURES.c.signature)
         query = select(*columns).where(_SIGNATURES.c.seq > self._seen).order_by(_SIGNATURES.c.seq)
         for seq, sha, clip_id, sig in db.execute(query):
-            self._signatures[sha] = (clip_id, sig)
+            self._clip_ids[sha] = clip_id
+            self._index.add(sha, sig)
             self._seen = seq
 
     def register(self, batch: str, clip_id: str, sha256: str, source_url: str) -> Registration:

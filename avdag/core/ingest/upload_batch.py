@@ -31,7 +31,7 @@ from avdag.core.common.labels import canonicalize_label, validate_label
 from avdag.core.common.state_store import file_sha256
 from avdag.core.ingest.drive_clipping import DriveClip, DriveClipper, DriveRejected
 from avdag.core.ingest.landing import BatchListing, LandingZone, is_safe_name
-from avdag.core.ingest.near_duplicates import NEAR_DUPLICATE_BITS, clip_signature, nearest
+from avdag.core.ingest.near_duplicates import NEAR_DUPLICATE_BITS, SignatureIndex, clip_signature
 from avdag.core.ingest.registry import Registration, SignatureRecord
 from avdag.core.ingest.video import VideoError, VideoProbe, VideoTruncated, probe_video
 
@@ -87,6 +87,7 @@ class BatchOnlyRegistry:
     def __init__(self) -> None:
         self._by_sha: dict[str, tuple[str, str]] = {}
         self._signatures: dict[str, SignatureRecord] = {}
+        self._index = SignatureIndex()
 
     def register(self, batch: str, clip_id: str, sha256: str, source_url: str) -> Registration:
         first = self._by_sha.setdefault(sha256, (clip_id, batch))
@@ -95,7 +96,7 @@ class BatchOnlyRegistry:
     def signature_record(self, batch: str, clip_id: str, sha256: str, signature: Callable[[], str]) -> SignatureRecord:
         if sha256 not in self._signatures:
             value = signature()
-            twin = nearest(value, [(sha, r.signature) for sha, r in self._signatures.items()])
+            twin = self._index.nearest(value)
             self._signatures[sha256] = SignatureRecord(
                 sha256,
                 clip_id,
@@ -105,6 +106,7 @@ class BatchOnlyRegistry:
                 self._signatures[twin[0]].clip_id if twin else None,
                 round(twin[1], 3) if twin else None,
             )
+            self._index.add(sha256, value)
         return self._signatures[sha256]
 
     def record_for(self, sha256: str) -> SignatureRecord | None:

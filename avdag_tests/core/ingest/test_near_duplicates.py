@@ -7,6 +7,7 @@ scenes. Run with -s to see the table of distances.
 
 from __future__ import annotations
 
+import random
 import shutil
 import subprocess
 
@@ -15,7 +16,7 @@ import pytest
 
 from avdag.core.common.database import sqlite_url
 from avdag.core.ingest.landing import READY_MARKER, VIDEO_SUFFIX, LandingZone
-from avdag.core.ingest.near_duplicates import NEAR_DUPLICATE_BITS, clip_signature, signature_distance
+from avdag.core.ingest.near_duplicates import NEAR_DUPLICATE_BITS, SignatureIndex, clip_signature, signature_distance
 from avdag.core.ingest.registry import ClipRegistry
 from avdag.core.ingest.splits import assign_splits, leaks, split_for
 from avdag.core.ingest.upload_batch import IngestLimits, ingest_batch
@@ -150,3 +151,25 @@ def test_a_near_duplicate_takes_its_groups_side_and_the_leak_check_sees_groups()
     assert leaks(manifest) == [f"near-duplicate group {twin}"]
     assert leaks(manifest.assign(split=["train", "train"])) == []
     assert leaks(manifest.drop(columns="near_duplicate_group")) == []  # manifests from before groups still load
+
+
+def _random_signature(rng: random.Random, frames: int) -> str:
+    return "".join(f"{rng.getrandbits(64):016x}" for _ in range(frames))
+
+
+def test_the_index_gives_every_pairwise_distance_and_the_earliest_of_equal_twins():
+    """The vectorized search against `signature_distance` pair by pair, over signatures of 2 to 16
+    frames (short clips sign fewer frames), across more than one chunk of candidates."""
+    rng = random.Random(7)
+    pairs = [(f"sha-{n}", _random_signature(rng, rng.choice([2, 4, 8, 16]))) for n in range(5000)]
+    near = pairs[123][1][:-1] + ("0" if pairs[123][1][-1] != "0" else "1")  # one bit or so from sha-123
+    pairs.insert(4500, ("sha-copy", pairs[123][1]))  # an exact copy registered later: a tie at 0
+    index = SignatureIndex(pairs)
+    for query in (_random_signature(rng, 16), _random_signature(rng, 2), near, pairs[123][1]):
+        expected = [signature_distance(query, other) for _, other in pairs]
+        assert index.distances(query).tolist() == expected
+    assert index.nearest(pairs[123][1]) == ("sha-123", 0.0), "ties go to the earliest"
+    assert index.nearest(pairs[123][1], exclude="sha-123") == ("sha-copy", 0.0)
+    assert index.nearest(near)[0] == "sha-123"
+    assert SignatureIndex().nearest(near) is None
+    assert SignatureIndex([("only", near)]).nearest(near, exclude="only") is None
