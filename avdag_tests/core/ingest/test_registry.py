@@ -39,18 +39,25 @@ def _register_all(url: str, batch: str, ready, results) -> None:
     results.put((batch, [(o.status, o.clip_id, o.batch) for o in outcomes]))
 
 
-def test_two_nodes_registering_the_same_content_end_with_one_clip_each(db_url):
-    """Two processes register the same 150 videos, each under its own batch and clip ids, at the same moment."""
+def _race(target, db_url: str) -> dict:
+    """Run `target(db_url, batch, ready, results)` for batches b1 and b2 in two processes started
+    together; returns what each put in `results`, by batch."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     ready = context.Barrier(2)
-    workers = [context.Process(target=_register_all, args=(db_url, b, ready, results)) for b in ("b1", "b2")]
+    workers = [context.Process(target=target, args=(db_url, b, ready, results)) for b in ("b1", "b2")]
     for worker in workers:
         worker.start()
-    outcomes = dict(results.get(timeout=60) for _ in workers)
+    outcomes = dict(results.get(timeout=120) for _ in workers)
     for worker in workers:
         worker.join(timeout=60)
         assert worker.exitcode == 0
+    return outcomes
+
+
+def test_two_nodes_registering_the_same_content_end_with_one_clip_each(db_url):
+    """Two processes register the same 150 videos, each under its own batch and clip ids, at the same moment."""
+    outcomes = _race(_register_all, db_url)
     registry = ClipRegistry(db_url)
     winners = {"b1": 0, "b2": 0}
     for n in range(RACED):
@@ -100,16 +107,7 @@ def test_two_nodes_signing_twins_at_once_flag_every_pair_exactly_once(db_url):
     """Two processes register 150 pairs of twins (same frames, different bytes) at the same moment: each
     twin search must see every signature committed before it, so of each pair exactly the later one
     names the other at distance 0. Without serialized searches, Postgres lets both miss each other."""
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    ready = context.Barrier(2)
-    workers = [context.Process(target=_sign_all, args=(db_url, b, ready, results)) for b in ("b1", "b2")]
-    for worker in workers:
-        worker.start()
-    outcomes = dict(results.get(timeout=120) for _ in workers)
-    for worker in workers:
-        worker.join(timeout=60)
-        assert worker.exitcode == 0
+    outcomes = _race(_sign_all, db_url)
     unflagged, flagged_twice = [], []
     for n in range(RACED):
         (sha1, twin1, d1), (sha2, twin2, d2) = outcomes["b1"][n], outcomes["b2"][n]
