@@ -117,8 +117,7 @@ class Database:
         if key in _schemas_ready:
             return
         with self.write() as connection:
-            if self.dialect == "postgresql":
-                self.serialize(connection, _SCHEMA_LOCK_KEY)
+            self.serialize(connection, _SCHEMA_LOCK_KEY)
             for table in metadata.sorted_tables:
                 connection.execute(CreateTable(table, if_not_exists=True))
                 for index in sorted(table.indexes, key=lambda index: index.name or ""):

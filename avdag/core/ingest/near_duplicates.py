@@ -89,9 +89,6 @@ class SignatureIndex:
         for key, signature in pairs or []:
             self.add(key, signature)
 
-    def __len__(self) -> int:
-        return len(self._keys)
-
     def add(self, key: str, signature: str) -> None:
         hashes = _hashes(signature)
         if len(hashes) > self._hashes.shape[1]:  # a longer signature than any so far: widen every row

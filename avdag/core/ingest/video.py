@@ -393,7 +393,8 @@ def _present_duration_s(path: Path, file_size: int) -> _Presence:
     with _open_video_stream(path) as (container, stream):
         start = stream.start_time
         end = None
-        complete = 0
+        complete = 0  # packets whose data is present and that carry a timestamp
+        demuxed = 0  # packets whose data is present
         cut = False
         tail: list[av.Packet] = []
         try:
@@ -406,6 +407,7 @@ def _present_duration_s(path: Path, file_size: int) -> _Presence:
                 ):
                     cut = True
                     break
+                demuxed += 1
                 if span is None:
                     continue
                 complete += 1
@@ -417,9 +419,9 @@ def _present_duration_s(path: Path, file_size: int) -> _Presence:
             reason = f"demuxing stopped: {_ffmpeg_message(error)}"
         else:
             reason = "a packet runs past end of file" if cut else "every packet's data is present"
-        if not cut and complete < stream.frames:  # FFmpeg can stop quietly where the data ends
+        if not cut and demuxed < stream.frames:  # FFmpeg can stop quietly where the data ends
             cut = True
-            reason = f"demuxing ended after {complete} packets"
+            reason = f"demuxing ended after {demuxed} packets"
         decoded_end = _decode_tail(stream, tail) if tail else None
         if tail and (decoded_end is None or decoded_end < end):
             first = _packet_span(tail[0])
@@ -434,19 +436,19 @@ def _present_duration_s(path: Path, file_size: int) -> _Presence:
 
 def _cut_before_first_frame(
     path: Path, size_bytes: int, container: av.container.InputContainer, stream: av.VideoStream, error: VideoError
-) -> VideoError:
+) -> VideoTruncated | None:
     """VideoTruncated when an upload was cut before its first frame's data: the index declares footage
-    whose bytes never arrived. A file whose bytes are all there but do not decode stays a plain
-    VideoError (corrupt, not cut)."""
+    whose bytes never arrived. None when the bytes are all there but do not decode (corrupt, not
+    cut), or there is no index to compare against: the decode failure then says it best."""
     try:
         declared_s = _stream_duration_s(container, stream)
         if declared_s is None and stream.frames > 0:
             declared_s = stream.frames / _stream_fps(path, stream)
         present = _present_duration_s(path, size_bytes)
     except (VideoError, av.FFmpegError):
-        return error  # no index to compare against: the decode failure says it best
+        return None
     if declared_s is None or not present.data_missing or declared_s - present.seconds <= TRUNCATION_TOLERANCE_S:
-        return error
+        return None
     first_frame = error.reason.removeprefix("truncated: ")
     return VideoTruncated(path, declared_s, present.seconds, f"{present.detail}; first frame: {first_frame}")
 
@@ -463,7 +465,10 @@ def probe_video(path: str | os.PathLike[str]) -> VideoProbe:
         try:
             first_frame = _decode_first_frame(path, container, stream)
         except VideoError as error:
-            raise _cut_before_first_frame(path, size_bytes, container, stream, error) from error
+            truncated = _cut_before_first_frame(path, size_bytes, container, stream, error)
+            if truncated is None:
+                raise
+            raise truncated from error
         fps = _stream_fps(path, stream)
         duration_s = _stream_duration_s(container, stream)
         if stream.frames > 0:
