@@ -35,7 +35,7 @@ from avdag.core.common.labels import (
 from avdag.core.reporting import catalog
 from avdag.core.reporting.statistics import strict_scores
 
-SOURCES = ("baseline", "finetuned")
+SOURCES = catalog.CAPTION_SOURCES  # the two caption sources, as the catalog names them
 # Columns the review adds to the catalog's for filtering; the query language is the catalog's.
 REVIEW_COLUMNS: dict[str, tuple[str, str]] = {
     "min_score": ("DOUBLE", "number"),
